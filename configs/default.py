@@ -1,0 +1,87 @@
+"""The echo task with the notebook's settings, trained with truncated BPTT.
+
+Run it with:
+
+  python main.py --config=configs/default.py
+  python main.py --config=configs/default.py:notebook
+  python main.py --config=configs/default.py:tiny \
+    --config.train.learning_rate=0.1
+
+Presets:
+  (none)    the notebook's sizes, state carried from window to window.
+  notebook  the notebook's exact procedure: every window starts from zero
+            state, the first `echo_step` targets of every window are 0, and
+            one series is reused for every epoch.
+  tiny      a few seconds on a laptop CPU; used by the tests.
+"""
+
+import ml_collections
+
+
+def get_config(preset=None):
+  """Returns the config for `preset` (None, 'notebook' or 'tiny')."""
+  config = ml_collections.ConfigDict()
+
+  # Seeds the parameters, every training series and the evaluation series.
+  config.seed = 0
+  # Passes over a series; each epoch starts again from zero state.
+  config.num_epochs = 5
+  # 'carry': the state flows from window to window within an epoch, and only
+  #   the first `echo_step` targets of each row of the series are unknowable.
+  # 'reset': every window starts from zero state, and the first `echo_step`
+  #   targets of every window are set to 0 (the notebook's procedure).
+  config.mode = 'carry'
+
+  config.data = ml_collections.ConfigDict()
+  # Symbols in one epoch's series, before it is laid out as [batch, length].
+  config.data.series_length = 50_000
+  # Rows of the series, trained side by side.
+  config.data.batch_size = 5
+  # Steps per window: gradients stop at window edges.
+  config.data.truncated_length = 10
+  # The target at step t is the input at step t - echo_step.
+  config.data.echo_step = 3
+  # Distinct symbols, drawn uniformly; 2 is a bit stream.
+  config.data.num_classes = 2
+  # Draw a new series for every epoch (False reuses the first one).
+  config.data.new_series_each_epoch = True
+
+  config.model = ml_collections.ConfigDict()
+  # Recurrent cell of every layer: 'lstm', 'gru' or 'simple' (tanh).
+  config.model.cell = 'lstm'
+  # Units per layer; the embedding has the same width.
+  config.model.state_size = 4
+  # Stacked layers, each with its own parameters.
+  config.model.num_layers = 3
+  # Added to the LSTM forget gate before its sigmoid.
+  config.model.forget_bias = 1.0
+
+  config.train = ml_collections.ConfigDict()
+  # An optax optimizer: 'adagrad', 'adam', 'rmsprop' or 'sgd'.
+  config.train.optimizer = 'adagrad'
+  config.train.learning_rate = 0.3
+  # Adagrad's starting sum of squares (TF1's default, so 0.3 means the same).
+  config.train.initial_accumulator = 0.1
+  # Windows between two progress lines; also the windows trained per
+  # compiled call.
+  config.train.log_every = 100
+
+  if preset is None:
+    pass
+  elif preset == 'notebook':
+    config.mode = 'reset'
+    config.data.new_series_each_epoch = False
+  elif preset == 'tiny':
+    config.num_epochs = 4
+    config.data.series_length = 1_600
+    config.data.batch_size = 4
+    config.data.truncated_length = 8
+    config.data.echo_step = 2
+    config.model.num_layers = 2
+    config.train.learning_rate = 0.5
+    config.train.log_every = 10
+  else:
+    raise ValueError(
+      f"unknown preset {preset!r}: use none, 'notebook' or 'tiny'"
+    )
+  return config

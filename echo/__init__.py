@@ -1,0 +1,1 @@
+"""Stacked recurrent networks on the echo task, trained with truncated BPTT."""

@@ -1,0 +1,75 @@
+"""Checks a config before anything is built, so a bad one fails in one line.
+
+Every message names the config field and what it may hold, for example
+
+  config.data.echo_step=10 must be < config.data.truncated_length=10 in
+  reset mode
+"""
+
+CELLS = ('lstm', 'gru', 'simple')
+OPTIMIZERS = ('adagrad', 'adam', 'rmsprop', 'sgd')
+MODES = ('carry', 'reset')
+
+
+class ConfigError(ValueError):
+  """A config field holds a value that cannot work."""
+
+
+def _positive(config, path):
+  value = config
+  for part in path.split('.'):
+    value = value[part]
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ConfigError(f'config.{path}={value!r} must be an integer >= 1')
+  return value
+
+
+def _choice(value, path, allowed):
+  if value not in allowed:
+    names = ', '.join(repr(a) for a in allowed)
+    raise ConfigError(f'config.{path}={value!r} must be one of {names}')
+
+
+def validate(config):
+  """Raises ConfigError naming the first field of `config` that cannot work."""
+  for path in (
+    'num_epochs',
+    'data.series_length',
+    'data.batch_size',
+    'data.truncated_length',
+    'model.state_size',
+    'model.num_layers',
+    'train.log_every',
+  ):
+    _positive(config, path)
+  _choice(config.mode, 'mode', MODES)
+  _choice(config.model.cell, 'model.cell', CELLS)
+  _choice(config.train.optimizer, 'train.optimizer', OPTIMIZERS)
+
+  data = config.data
+  if data.num_classes < 2:
+    raise ConfigError(
+      f'config.data.num_classes={data.num_classes} must be >= 2'
+    )
+  if data.echo_step < 0:
+    raise ConfigError(f'config.data.echo_step={data.echo_step} must be >= 0')
+  if config.mode == 'reset' and data.echo_step >= data.truncated_length:
+    raise ConfigError(
+      f'config.data.echo_step={data.echo_step} must be < '
+      f'config.data.truncated_length={data.truncated_length} in reset mode'
+    )
+  one_window = data.batch_size * data.truncated_length
+  if data.series_length < one_window:
+    raise ConfigError(
+      f'config.data.series_length={data.series_length} must be >= '
+      f'batch_size * truncated_length = {one_window} (one window)'
+    )
+  if not config.train.learning_rate > 0:
+    raise ConfigError(
+      f'config.train.learning_rate={config.train.learning_rate} must be > 0'
+    )
+  if config.train.initial_accumulator < 0:
+    raise ConfigError(
+      'config.train.initial_accumulator='
+      f'{config.train.initial_accumulator} must be >= 0'
+    )
