@@ -145,6 +145,19 @@ def train_windows(model, optimizer, mode, state, carries, inputs, targets):
   return state, carries, losses
 
 
+def run_keys(seed):
+  """(init_key, data_key, eval_key) of a run: parameters, training data,
+  and the held-out evaluation series."""
+  return tuple(jax.random.split(jax.random.key(seed), 3))
+
+
+def epoch_data_key(data_key, epoch, new_series_each_epoch):
+  """The key of one epoch's training series."""
+  if new_series_each_epoch:
+    return jax.random.fold_in(data_key, epoch)
+  return data_key
+
+
 class _Trainer:
   """Compiled pieces of one run, built once from its config."""
 
@@ -216,9 +229,10 @@ class _Trainer:
 
   def epoch_windows(self, data_key, epoch):
     """The epoch's (inputs, targets) `[W, B, T]`."""
-    if self.config.data.new_series_each_epoch:
-      data_key = jax.random.fold_in(data_key, epoch)
-    return data_lib.make_windows(data_key, self.config.data, self.config.mode)
+    key = epoch_data_key(
+      data_key, epoch, self.config.data.new_series_each_epoch
+    )
+    return data_lib.make_windows(key, self.config.data, self.config.mode)
 
 
 def train_and_evaluate(config, workdir):
@@ -251,7 +265,7 @@ def train_and_evaluate(config, workdir):
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
   trainer = _Trainer(config)
-  init_key, data_key = jax.random.split(jax.random.key(config.seed))
+  init_key, data_key, _ = run_keys(config.seed)
   state = trainer.create_state(init_key)
   num_windows = trainer.windows_per_epoch
   losses = np.zeros((config.num_epochs, num_windows))
