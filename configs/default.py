@@ -31,6 +31,9 @@ def get_config(preset=None):
   # 'reset': every window starts from zero state, and the first `echo_step`
   #   targets of every window are set to 0 (the notebook's procedure).
   config.mode = 'carry'
+  # Compiled programs are kept here, so a second run of the same config
+  # compiles nothing; '' turns the cache off.
+  config.compile_cache_dir = '~/.cache/echo/jax'
 
   config.data = ml_collections.ConfigDict()
   # Symbols in one epoch's series, before it is laid out as [batch, length].

@@ -158,6 +158,22 @@ def epoch_data_key(data_key, epoch, new_series_each_epoch):
   return data_key
 
 
+def use_compile_cache(directory):
+  """Keeps every compiled program in `directory` ('' or None: no cache).
+
+  JAX reads the setting when it first compiles, so call this before that.
+  """
+  if not directory:
+    return
+  jax.config.update(
+    'jax_compilation_cache_dir',
+    os.path.join(os.path.expanduser(directory), 'xla'),
+  )
+  # The programs here compile in about a second; cache them all.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
 class _Trainer:
   """Compiled pieces of one run, built once from its config."""
 
@@ -168,6 +184,8 @@ class _Trainer:
     self.windows_per_epoch = data_lib.num_windows(config.data)
     self.chunk = min(config.train.log_every, self.windows_per_epoch)
     self.traces = 0
+    # Jitted even where tiny: each eager op would compile a program of its own.
+    self.run_keys = jax.jit(run_keys)
     self.create_state = jax.jit(
       functools.partial(
         create_state,
@@ -177,7 +195,15 @@ class _Trainer:
         truncated_length=config.data.truncated_length,
       )
     )
+    self.epoch_windows = jax.jit(self._epoch_windows)
     self.train_chunk = jax.jit(self._train_chunk, donate_argnums=(0, 1))
+
+  def _epoch_windows(self, data_key, epoch):
+    """The epoch's (inputs, targets) `[W, B, T]`."""
+    key = epoch_data_key(
+      data_key, epoch, self.config.data.new_series_each_epoch
+    )
+    return data_lib.make_windows(key, self.config.data, self.config.mode)
 
   def _train_chunk(self, state, carries, inputs, targets, start):
     """Trains windows [start, start + chunk) of one epoch's `[W, B, T]`.
@@ -227,13 +253,6 @@ class _Trainer:
     )
     return state, carries, losses
 
-  def epoch_windows(self, data_key, epoch):
-    """The epoch's (inputs, targets) `[W, B, T]`."""
-    key = epoch_data_key(
-      data_key, epoch, self.config.data.new_series_each_epoch
-    )
-    return data_lib.make_windows(key, self.config.data, self.config.mode)
-
 
 def train_and_evaluate(config, workdir):
   """Trains `config` and writes `config.json` and `metrics.jsonl` to workdir.
@@ -264,8 +283,9 @@ def train_and_evaluate(config, workdir):
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
+  use_compile_cache(config.compile_cache_dir)
   trainer = _Trainer(config)
-  init_key, data_key, _ = run_keys(config.seed)
+  init_key, data_key, _ = trainer.run_keys(config.seed)
   state = trainer.create_state(init_key)
   num_windows = trainer.windows_per_epoch
   losses = np.zeros((config.num_epochs, num_windows))
@@ -305,4 +325,8 @@ def train_and_evaluate(config, workdir):
         metrics_file.write(json.dumps(record) + '\n')
         metrics_file.flush()
 
-  return {'losses': losses, 'state': state, 'traces': trainer.traces}
+  return {
+    'losses': losses,
+    'state': state,
+    'traces': trainer.traces,
+  }

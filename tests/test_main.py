@@ -94,3 +94,21 @@ def test_the_default_workdir_is_made_under_runs(tmp_path):
   assert done.returncode == 0, done.stderr
   (run,) = (tmp_path / 'runs').iterdir()
   assert (run / 'metrics.jsonl').exists() and (run / 'config.json').exists()
+
+
+def test_a_second_run_compiles_nothing(tmp_path):
+  cache = tmp_path / 'cache'
+  args = (
+    '--config=configs/default.py:tiny',
+    '--config.num_epochs=1',
+    f'--config.compile_cache_dir={cache}',
+  )
+  first = _main(*args, f'--workdir={tmp_path / "first"}')
+  assert first.returncode == 0, first.stderr
+  entries = sorted(p.name for p in cache.rglob('*') if p.is_file())
+  assert len(entries) >= 3  # Keys, initial state, data, chunk.
+  second = _main(*args, f'--workdir={tmp_path / "second"}')
+  assert second.returncode == 0, second.stderr
+  # Every program came from the cache: a compile would have added an entry.
+  assert sorted(p.name for p in cache.rglob('*') if p.is_file()) == entries
+  assert (tmp_path / 'second' / 'metrics.jsonl').read_text().count('\n') == 5
