@@ -39,9 +39,9 @@ def small_matmul(inputs, kernel):
   16 units on, see benchmarks/README.md). The sums differ from a dot's only
   in rounding.
   """
-  if kernel.size > SMALL_KERNEL:
+  if kernel.shape[-2] * kernel.shape[-1] > SMALL_KERNEL:
     return inputs @ kernel
-  return (inputs[..., :, None] * kernel).sum(-2)
+  return (inputs[..., :, None] * kernel[..., None, :, :]).sum(-2)
 
 
 class Affine(nn.Module):
@@ -68,7 +68,7 @@ def _lstm_forward(kernel, bias, inputs, c, h, forget_bias):
   """One LSTM step; also returns what the hand-written backward needs."""
   features = h.shape[-1]
   xh = jnp.concatenate([inputs, h], -1)
-  z = small_matmul(xh, kernel) + bias
+  z = small_matmul(xh, kernel) + bias[..., None, :]
   # Gates i, g, f, o side by side: one activation pass over all four.
   shift = np.where(np.arange(4 * features) // features == 2, forget_bias, 0.0)
   gates = jnp.where(
@@ -83,6 +83,8 @@ def _lstm_forward(kernel, bias, inputs, c, h, forget_bias):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def lstm_step(kernel, bias, inputs, c, h, forget_bias):
   """One step of TF1's BasicLSTMCell, with a hand-written backward pass.
+
+  Every argument may carry the same leading axes (e.g. one per layer):
 
   Args:
     kernel: `[E + H, 4H]`, gates i, g, f, o side by side.
@@ -104,13 +106,21 @@ def lstm_step(kernel, bias, inputs, c, h, forget_bias):
 
 
 def _lstm_step_forward(kernel, bias, inputs, c, h, forget_bias):
-  state, saved = _lstm_forward(kernel, bias, inputs, c, h, forget_bias)
-  return state, (kernel, c, *saved)
+  state, (xh, gates, tanh_c) = _lstm_forward(
+    kernel, bias, inputs, c, h, forget_bias
+  )
+  # One residual array per step instead of four: a scan over time stores
+  # each residual with a kernel of its own.
+  return state, (kernel, jnp.concatenate([xh, gates, tanh_c, c], -1))
 
 
 def _lstm_step_backward(forget_bias, saved, cotangents):
   del forget_bias  # Only shifts the forget gate; its derivative is 1.
-  kernel, c, xh, gates, tanh_c = saved
+  kernel, packed = saved
+  features = kernel.shape[-1] // 4
+  xh, gates, tanh_c, c = jnp.split(
+    packed, np.cumsum([kernel.shape[-2], 4 * features, features]), axis=-1
+  )
   d_new_c, d_h = cotangents
   i, g, f, o = jnp.split(gates, 4, axis=-1)
   d_c = d_new_c + d_h * o * (1 - tanh_c * tanh_c)
@@ -118,15 +128,15 @@ def _lstm_step_backward(forget_bias, saved, cotangents):
   d_z = d_gates * jnp.where(
     _is_candidate(c.shape[-1]), 1 - gates * gates, gates * (1 - gates)
   )
-  d_kernel = small_matmul(xh.T, d_z)
-  d_xh = small_matmul(d_z, kernel.T)
+  d_kernel = small_matmul(jnp.swapaxes(xh, -1, -2), d_z)
+  d_xh = small_matmul(d_z, jnp.swapaxes(kernel, -1, -2))
   inputs_size = xh.shape[-1] - c.shape[-1]
   return (
     d_kernel,
-    d_z.sum(0),
-    d_xh[:, :inputs_size],
+    d_z.sum(-2),
+    d_xh[..., :inputs_size],
     d_c * f,
-    d_xh[:, inputs_size:],
+    d_xh[..., inputs_size:],
   )
 
 
@@ -261,6 +271,75 @@ class _Layers(nn.Module):
     return tuple(new_carries), x
 
 
+def lstm_wavefront(kernels, biases, carries, inputs, forget_bias):
+  """Stacked LSTM layers over a window, all layers in each scan step.
+
+  Cell (layer l, step t) needs only (l - 1, t) and (l, t - 1), so scan step
+  d runs every layer l at step t = d - l at once: T + L - 1 steps of one
+  batched cell instead of T * L single cells. Layers outside their steps keep
+  their carries unchanged.
+
+  Args:
+    kernels: `[L, 2H, 4H]`, each layer's LSTM kernel (the embedding width
+      equals H, so every layer reads H numbers).
+    biases: `[L, 4H]`.
+    carries: per-layer (c, h), each `[B, H]`.
+    inputs: `[B, T, H]`.
+    forget_bias: added to the forget gate.
+
+  Returns:
+    (carries after step T - 1, top layer outputs `[B, T, H]`).
+  """
+  num_layers = kernels.shape[0]
+  batch_size, steps, width = inputs.shape
+  c = jnp.stack([layer_c for layer_c, _ in carries])
+  h = jnp.stack([layer_h for _, layer_h in carries])
+  padding = jnp.zeros((num_layers - 1, batch_size, width), inputs.dtype)
+  first_layer_inputs = jnp.concatenate([inputs.swapaxes(0, 1), padding])
+  layer = np.arange(num_layers)[:, None, None]
+
+  def step(state, scanned):
+    c, h = state
+    wave, x = scanned
+    layer_inputs = jnp.concatenate([x[None], h[:-1]])
+    new_c, new_h = lstm_step(kernels, biases, layer_inputs, c, h, forget_bias)
+    active = (wave >= layer) & (wave - layer < steps)
+    c = jnp.where(active, new_c, c)
+    h = jnp.where(active, new_h, h)
+    return (c, h), h[-1]
+
+  waves = jnp.arange(steps + num_layers - 1)
+  (c, h), top = jax.lax.scan(step, (c, h), (waves, first_layer_inputs))
+  carries = tuple((c[index], h[index]) for index in range(num_layers))
+  return carries, top[num_layers - 1 :].swapaxes(0, 1)
+
+
+class _LSTMLayerParams(nn.Module):
+  """The parameters of one LSTM layer, laid out as LSTMCell's."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features):
+    return GatesParams(4 * self.features, name='gates')(in_features)
+
+
+class _LSTMStackParams(nn.Module):
+  """Every layer's LSTM parameters, stacked: kernels `[L, 2H, 4H]`, biases."""
+
+  features: int
+  num_layers: int
+
+  @nn.compact
+  def __call__(self):
+    layers = [
+      _LSTMLayerParams(self.features, name=f'layer_{index}')(2 * self.features)
+      for index in range(self.num_layers)
+    ]
+    kernels, biases = zip(*layers, strict=True)
+    return jnp.stack(kernels), jnp.stack(biases)
+
+
 class StackedRNN(nn.Module):
   """Embedding, `num_layers` recurrent cells scanned over time, dense head.
 
@@ -272,6 +351,9 @@ class StackedRNN(nn.Module):
     forget_bias: added to the LSTM forget gate.
     unroll: time steps per iteration of the scan over the window; a value
       >= T unrolls the window completely.
+    wavefront: run LSTM layers as a wavefront (`lstm_wavefront`): the same
+      results in fewer, larger kernels. Other cells always run layer after
+      layer.
   """
 
   num_classes: int
@@ -280,6 +362,7 @@ class StackedRNN(nn.Module):
   cell: str = 'lstm'
   forget_bias: float = 1.0
   unroll: int = 1
+  wavefront: bool = False
 
   @nn.compact
   def __call__(self, carries, tokens):
@@ -287,6 +370,21 @@ class StackedRNN(nn.Module):
     x = nn.Embed(
       self.num_classes, self.state_size, embedding_init=_GLOROT, name='embed'
     )(tokens)
+    if self.cell == 'lstm' and self.wavefront:
+      kernels, biases = _LSTMStackParams(
+        self.state_size, self.num_layers, name='rnn'
+      )()
+      carries, outputs = lstm_wavefront(
+        kernels, biases, carries, x, self.forget_bias
+      )
+    else:
+      carries, outputs = self._layer_after_layer(carries, x)
+    logits = Affine(
+      self.num_classes, nn.initializers.lecun_normal(), name='head'
+    )(outputs)
+    return carries, logits
+
+  def _layer_after_layer(self, carries, x):
     scan = nn.scan(
       _Layers,
       variable_broadcast='params',
@@ -302,10 +400,7 @@ class StackedRNN(nn.Module):
       self.forget_bias,
       name='rnn',
     )(tuple(carries), x)
-    logits = Affine(
-      self.num_classes, nn.initializers.lecun_normal(), name='head'
-    )(outputs)
-    return carries, logits
+    return carries, outputs
 
   def initial_carries(self, batch_size):
     """Zero state for every layer: a tuple of per-layer carries."""
