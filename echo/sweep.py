@@ -284,8 +284,8 @@ def _global_array(values, sharding):
   )
 
 
-def run_members(config, member_values, mesh=None):
-  """Trains the members of one combination in one compiled program.
+def compile_members(config, member_values, mesh=None):
+  """Compiles the program that trains the members of one combination.
 
   Args:
     config: the combination's run config.
@@ -293,9 +293,10 @@ def run_members(config, member_values, mesh=None):
     mesh: a 1-D mesh with axis 'members'; by default every device.
 
   Returns:
-    (outputs, timing): `outputs` holds numpy `losses` `[M, E, W]`,
-    `eval_loss` `[M]` and `eval_accuracy` `[M]`; `timing` holds `traces`
-    (times the program was traced), `compile_s` and `run_s`.
+    (program, arguments, traces, compile_s): `program(*arguments)` returns
+    the members' `losses` `[M', E, W]`, `eval_loss` `[M']` and
+    `eval_accuracy` `[M']`, where M' pads M to a multiple of the devices;
+    `traces` counts how often tracing ran (once), `compile_s` its seconds.
   """
   mesh = mesh or member_mesh()
   sharding = NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))
@@ -327,9 +328,28 @@ def run_members(config, member_values, mesh=None):
   program = (
     jax.jit(train_members, out_shardings=sharding).lower(*arguments).compile()
   )
-  compiled = time.perf_counter()
+  return program, arguments, traces, time.perf_counter() - started
+
+
+def run_members(config, member_values, mesh=None):
+  """Trains the members of one combination in one compiled program.
+
+  Args:
+    config: the combination's run config.
+    member_values: list of dicts with `seed`, `learning_rate`, `echo_step`.
+    mesh: a 1-D mesh with axis 'members'; by default every device.
+
+  Returns:
+    (outputs, timing): `outputs` holds numpy `losses` `[M, E, W]`,
+    `eval_loss` `[M]` and `eval_accuracy` `[M]`; `timing` holds `traces`
+    (times the program was traced), `compile_s` and `run_s`.
+  """
+  program, arguments, traces, compile_s = compile_members(
+    config, member_values, mesh
+  )
+  started = time.perf_counter()
   outputs = jax.block_until_ready(program(*arguments))
-  finished = time.perf_counter()
+  run_s = time.perf_counter() - started
 
   # On several hosts each holds only its own members; every host gets all.
   outputs = multihost_utils.process_allgather(outputs, tiled=True)
@@ -337,12 +357,7 @@ def run_members(config, member_values, mesh=None):
     name: np.asarray(value)[: len(member_values)]
     for name, value in outputs.items()
   }
-  timing = {
-    'traces': traces,
-    'compile_s': compiled - started,
-    'run_s': finished - compiled,
-  }
-  return outputs, timing
+  return outputs, {'traces': traces, 'compile_s': compile_s, 'run_s': run_s}
 
 
 def final_loss(losses):
