@@ -334,10 +334,7 @@ def compile_members(config, member_values, mesh=None):
 def run_members(config, member_values, mesh=None):
   """Trains the members of one combination in one compiled program.
 
-  Args:
-    config: the combination's run config.
-    member_values: list of dicts with `seed`, `learning_rate`, `echo_step`.
-    mesh: a 1-D mesh with axis 'members'; by default every device.
+  Takes the arguments of `compile_members`.
 
   Returns:
     (outputs, timing): `outputs` holds numpy `losses` `[M, E, W]`,
@@ -446,6 +443,9 @@ def run(config, workdir):
       'choose another --workdir'
     )
   if config.sweep.distributed:
+    # TODO: pass coordinator_address, num_processes and process_id from the
+    # config, for hosts that no cluster manager JAX detects (SLURM, Open MPI,
+    # Kubernetes, Cloud TPU) starts; without them those hosts cannot join.
     jax.distributed.initialize()
   writes = jax.process_index() == 0
   if writes:

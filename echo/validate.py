@@ -17,11 +17,21 @@ class ConfigError(ValueError):
   """A config field holds a value that cannot work."""
 
 
-def _positive(config, path):
-  value = config
+def _field(config, path):
   for part in path.split('.'):
-    value = value[part]
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    config = config[part]
+  return config
+
+
+def _integer(value, least):
+  return (
+    isinstance(value, int) and not isinstance(value, bool) and value >= least
+  )
+
+
+def _positive(config, path):
+  value = _field(config, path)
+  if not _integer(value, 1):
     raise ConfigError(f'config.{path}={value!r} must be an integer >= 1')
   return value
 
@@ -79,21 +89,13 @@ def validate(config):
 
 def _axis(config, path, what, allowed):
   """Checks that the tuple at `path` is non-empty and each value `allowed`."""
-  values = config
-  for part in path.split('.'):
-    values = values[part]
+  values = _field(config, path)
   if not (
     isinstance(values, (tuple, list))
     and values
     and all(allowed(value) for value in values)
   ):
     raise ConfigError(f'config.{path}={values!r} must be a non-empty {what}')
-
-
-def _integer(value, least):
-  return (
-    isinstance(value, int) and not isinstance(value, bool) and value >= least
-  )
 
 
 def validate_sweep(config):
