@@ -146,6 +146,8 @@ def heatmap(rows, x, y, path, score='eval_accuracy'):
   panel.set_xlabel(x)
   panel.set_ylabel(y)
   members = len(rows) // max(grid.size, 1)
-  panel.set_title(f'{score}, mean of {members} per cell', fontsize='medium')
+  panel.set_title(
+    f'{score}, mean over {members} members per cell', fontsize='medium'
+  )
   figure.colorbar(image, ax=panel)
   _save(figure, path)
