@@ -3,9 +3,12 @@
   python main.py --config=configs/default.py
   python main.py --config=configs/default.py:notebook --workdir=runs/nb
   python main.py --config=configs/default.py --config.train.learning_rate=0.1
+  python main.py --config=configs/sweep.py --config.sweep.num_seeds=64
 
 Outputs go to --workdir (default: runs/<date>-<time>): config.json and
-metrics.jsonl, one JSON line per progress line.
+metrics.jsonl, one JSON line per progress line. A config with a `sweep`
+field runs the whole grid instead and writes results.csv, losses.npz and
+plots (see echo/sweep.py).
 """
 
 import re
@@ -15,7 +18,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from echo import train, validate
+from echo import sweep, train, validate
 
 _WORKDIR = flags.DEFINE_string(
   'workdir',
@@ -77,14 +80,15 @@ def main(argv):
   workdir = _WORKDIR.value or time.strftime('runs/%Y%m%d-%H%M%S')
   try:
     config = _CONFIG.value
-    validate.validate(config)
+    is_sweep = 'sweep' in config
+    (sweep.validate if is_sweep else validate.validate)(config)
   except OSError as error:  # The config file could not be loaded.
     sys.exit(f'error: --config: {str(error).strip().splitlines()[-1].strip()}')
   except validate.ConfigError as error:
     sys.exit(f'error: {error}')
   logging.info('workdir: %s', workdir)
   try:
-    train.train_and_evaluate(config, workdir)
+    (sweep.run if is_sweep else train.train_and_evaluate)(config, workdir)
   except FileExistsError as error:
     sys.exit(f'error: {error}')
 

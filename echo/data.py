@@ -43,7 +43,8 @@ def make_series(
     batch_size: rows of the series.
     length: steps per row.
     num_classes: symbols are drawn uniformly from [0, num_classes).
-    echo_step: delay between an input and its target.
+    echo_step: delay between an input and its target; an int or a traced
+      int scalar.
     truncated_length: steps per window (sets the reset-mode mask).
     mode: 'carry' or 'reset'.
 
@@ -69,8 +70,15 @@ def to_windows(series, truncated_length):
   return series.transpose(1, 0, 2)
 
 
-def make_windows(key, data_config, mode):
+def make_windows(key, data_config, mode, echo_step=None):
   """One epoch of windows for `data_config` and `mode` ('carry' or 'reset').
+
+  Args:
+    key: PRNG key.
+    data_config: the config's `data` field.
+    mode: 'carry' or 'reset'.
+    echo_step: replaces `data_config.echo_step` when given. It changes no
+      shape, so it may be a traced value: a sweep vmaps over it.
 
   Returns:
     (inputs, targets), each int32 `[num_windows, batch, truncated_length]`.
@@ -80,7 +88,7 @@ def make_windows(key, data_config, mode):
     batch_size=data_config.batch_size,
     length=num_windows(data_config) * data_config.truncated_length,
     num_classes=data_config.num_classes,
-    echo_step=data_config.echo_step,
+    echo_step=data_config.echo_step if echo_step is None else echo_step,
     truncated_length=data_config.truncated_length,
     mode=mode,
   )
@@ -92,7 +100,6 @@ def make_windows(key, data_config, mode):
     'batch_size',
     'length',
     'num_classes',
-    'echo_step',
     'truncated_length',
     'mode',
   ),

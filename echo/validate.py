@@ -6,6 +6,8 @@ Every message names the config field and what it may hold, for example
   reset mode
 """
 
+import math
+
 CELLS = ('lstm', 'gru', 'simple')
 OPTIMIZERS = ('adagrad', 'adam', 'rmsprop', 'sgd')
 MODES = ('carry', 'reset')
@@ -15,11 +17,21 @@ class ConfigError(ValueError):
   """A config field holds a value that cannot work."""
 
 
-def _positive(config, path):
-  value = config
+def _field(config, path):
   for part in path.split('.'):
-    value = value[part]
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    config = config[part]
+  return config
+
+
+def _integer(value, least):
+  return (
+    isinstance(value, int) and not isinstance(value, bool) and value >= least
+  )
+
+
+def _positive(config, path):
+  value = _field(config, path)
+  if not _integer(value, 1):
     raise ConfigError(f'config.{path}={value!r} must be an integer >= 1')
   return value
 
@@ -72,4 +84,51 @@ def validate(config):
     raise ConfigError(
       'config.train.initial_accumulator='
       f'{config.train.initial_accumulator} must be >= 0'
+    )
+
+
+def _axis(config, path, what, allowed):
+  """Checks that the tuple at `path` is non-empty and each value `allowed`."""
+  values = _field(config, path)
+  if not (
+    isinstance(values, (tuple, list))
+    and values
+    and all(allowed(value) for value in values)
+  ):
+    raise ConfigError(f'config.{path}={values!r} must be a non-empty {what}')
+
+
+def validate_sweep(config):
+  """Raises ConfigError naming the first field of `config.sweep` that cannot
+  work; `echo.sweep.validate` also checks every run the sweep makes."""
+  _positive(config, 'sweep.num_seeds')
+  for path, least in (
+    ('sweep.state_sizes', 1),
+    ('sweep.num_layers', 1),
+    ('sweep.truncated_lengths', 1),
+    ('sweep.echo_steps', 0),
+  ):
+    _axis(
+      config,
+      path,
+      f'tuple of integers >= {least}',
+      lambda value, least=least: _integer(value, least),
+    )
+  _axis(
+    config,
+    'sweep.learning_rates',
+    'tuple of numbers > 0',
+    lambda value: (
+      isinstance(value, (int, float))
+      and not isinstance(value, bool)
+      and 0 < value < math.inf
+    ),
+  )
+  for path, allowed in (
+    ('sweep.cells', CELLS),
+    ('sweep.modes', MODES),
+  ):
+    names = ', '.join(repr(a) for a in allowed)
+    _axis(
+      config, path, f'tuple of {names}', lambda value, a=allowed: value in a
     )

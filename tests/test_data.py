@@ -99,3 +99,18 @@ def test_more_symbols_are_drawn_uniformly():
   inputs = np.asarray(inputs)
   assert set(np.unique(inputs)) == set(range(5))
   np.testing.assert_array_equal(np.asarray(targets)[:, 3:], inputs[:, :-3])
+
+
+@pytest.mark.parametrize('mode', ['carry', 'reset'])
+def test_a_traced_echo_step_gives_the_windows_of_a_fixed_one(tiny, mode):
+  # A sweep vmaps over echo_step, so it must work as a traced value.
+  key = jax.random.key(2)
+  echo_steps = jax.numpy.arange(4)
+  traced = jax.vmap(
+    lambda echo_step: data.make_windows(key, tiny.data, mode, echo_step)
+  )(echo_steps)
+  for echo_step in range(4):
+    tiny.data.echo_step = echo_step
+    fixed = data.make_windows(key, tiny.data, mode)
+    for got, want in zip(traced, fixed, strict=True):
+      np.testing.assert_array_equal(got[echo_step], want)
