@@ -18,7 +18,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from echo import sweep, train, validate
+from echo import train, validate
 
 _WORKDIR = flags.DEFINE_string(
   'workdir',
@@ -81,14 +81,24 @@ def main(argv):
   try:
     config = _CONFIG.value
     is_sweep = 'sweep' in config
-    (sweep.validate if is_sweep else validate.validate)(config)
+    if is_sweep:
+      # Imported here: its plotting brings in matplotlib, a slow import that
+      # a single run does not need.
+      from echo import sweep  # noqa: PLC0415
+
+      sweep.validate(config)
+    else:
+      validate.validate(config)
   except OSError as error:  # The config file could not be loaded.
     sys.exit(f'error: --config: {str(error).strip().splitlines()[-1].strip()}')
   except validate.ConfigError as error:
     sys.exit(f'error: {error}')
   logging.info('workdir: %s', workdir)
   try:
-    (sweep.run if is_sweep else train.train_and_evaluate)(config, workdir)
+    if is_sweep:
+      sweep.run(config, workdir)
+    else:
+      train.train_and_evaluate(config, workdir)
   except FileExistsError as error:
     sys.exit(f'error: {error}')
 
