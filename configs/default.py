@@ -63,8 +63,19 @@ def get_config(preset=None):
   # Adagrad's starting sum of squares (TF1's default, so 0.3 means the same).
   config.train.initial_accumulator = 0.1
   # Windows between two progress lines; also the windows trained per
-  # compiled call.
+  # compiled call. Checkpoints fall between these chunks, so a run can only
+  # be resumed with the same value.
   config.train.log_every = 100
+
+  # Checkpoints in WORKDIR/checkpoints hold everything needed to go on
+  # exactly: parameters, optimizer state, carries and the place in the data.
+  # Both fields may change when a run is resumed.
+  config.checkpoint = ml_collections.ConfigDict()
+  # Chunks of `train.log_every` windows between two checkpoints; one is also
+  # saved at the end of the run and when it is stopped (Ctrl-C, SIGTERM).
+  config.checkpoint.every_chunks = 10
+  # Newest checkpoints kept; older ones are deleted.
+  config.checkpoint.keep = 3
 
   if preset is None:
     pass
@@ -80,6 +91,7 @@ def get_config(preset=None):
     config.model.num_layers = 2
     config.train.learning_rate = 0.5
     config.train.log_every = 10
+    config.checkpoint.every_chunks = 5
   else:
     raise ValueError(
       f"unknown preset {preset!r}: use none, 'notebook' or 'tiny'"
