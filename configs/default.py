@@ -7,6 +7,10 @@ Run it with:
   python main.py --config=configs/default.py:tiny \
     --config.train.learning_rate=0.1
 
+The same command on the same --workdir resumes the run from its newest
+checkpoint; it may change `num_epochs` and `checkpoint.*`, nothing else (add
+--fresh to move the old run aside and start again).
+
 Presets:
   (none)    the notebook's sizes, state carried from window to window.
   notebook  the notebook's exact procedure: every window starts from zero

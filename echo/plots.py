@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
 
 _DPI = 100
 
@@ -43,7 +44,7 @@ def plot_losses(path, records, windows_per_epoch):
     [r['mean_loss'] for r in train],
     '-',
     color='tab:blue',
-    label='training: mean over the windows up to the next line',
+    label="training: mean over each progress line's windows",
   )
   if evaluations:
     axes.plot(
@@ -58,6 +59,11 @@ def plot_losses(path, records, windows_per_epoch):
   for edge in range(windows_per_epoch, last_step, windows_per_epoch):
     axes.axvline(edge, color='grey', linewidth=0.6, alpha=0.5)
   axes.set_yscale('log')
+  # Plain numbers at 1, 2 and 5 times a power of ten read more easily than
+  # powers of ten, also when the loss spans less than one decade.
+  axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+  axes.yaxis.set_major_formatter(StrMethodFormatter('{x:g}'))
+  axes.yaxis.set_minor_formatter(NullFormatter())
   axes.set_xlabel(
     f'windows trained ({windows_per_epoch} an epoch; grey lines mark epochs)'
   )
@@ -68,7 +74,7 @@ def plot_losses(path, records, windows_per_epoch):
     title += f' (last evaluation: accuracy {accuracy:.3f})'
   axes.set_title(title)
   axes.grid(True, which='both', alpha=0.3)
-  axes.legend(loc='lower left')
+  axes.legend(loc='best')
   figure.savefig(path)
 
 

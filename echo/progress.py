@@ -5,16 +5,18 @@ import time
 
 
 def format_duration(seconds):
-  """Seconds as H:MM:SS, e.g. 0:01:05."""
+  """Seconds as H:MM:SS, e.g. 0:01:05; None (not known yet) as ?:??:??."""
+  if seconds is None:
+    return '?:??:??'
   return str(datetime.timedelta(seconds=round(seconds)))
 
 
 class Pace:
   """Windows per second between progress lines, and the time the run has left.
 
-  The first chunk of a run includes compiling, so once a second chunk is done
-  the time left is projected from the chunks after the first, with whatever
-  else runs between chunks (evaluation, checkpoints) included.
+  The first chunk of a run includes compiling, so the time left is projected
+  from the chunks after it, with whatever else runs between chunks
+  (evaluation, checkpoints) included; until then it is not known (None).
 
   Args:
     windows_left: windows this process still has to train.
@@ -35,11 +37,12 @@ class Pace:
     windows_per_sec = windows / max(now - self._lap, 1e-9)
     self._lap = now
     self._left -= windows
+    if not self._left:
+      return windows_per_sec, 0.0
     if self._after_first is None:
       self._after_first = now, self._left
-      return windows_per_sec, self._left / windows_per_sec
+      return windows_per_sec, None
     since, left_then = self._after_first
-    done = left_then - self._left
-    if not done:
-      return windows_per_sec, 0.0
-    return windows_per_sec, self._left * (now - since) / done
+    return windows_per_sec, self._left * (now - since) / (
+      left_then - self._left
+    )

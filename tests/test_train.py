@@ -76,6 +76,7 @@ def test_every_cell_trains(tiny, tmp_path, cell):
     ('train.optimizer', 'lbfgs', "'adagrad', 'adam'"),
     ('mode', 'both', "'carry', 'reset'"),
     ('train.learning_rate', 0.0, '> 0'),
+    ('checkpoint.every_chunks', 0, 'integer >= 1'),
   ],
 )
 def test_a_config_that_cannot_work_fails_before_anything_is_written(
@@ -101,12 +102,3 @@ def test_echo_step_must_fit_a_window_in_reset_mode(tiny, tmp_path):
     _run(tiny, tmp_path)
   tiny.mode = 'carry'  # Carry mode can remember across window edges.
   validate.validate(tiny)
-
-
-def test_an_existing_run_is_never_overwritten(tiny, tmp_path):
-  tiny.num_epochs = 1
-  _run(tiny, tmp_path)
-  saved = (tmp_path / 'run' / 'metrics.jsonl').read_text()
-  with pytest.raises(FileExistsError, match='another --workdir'):
-    _run(tiny, tmp_path)
-  assert (tmp_path / 'run' / 'metrics.jsonl').read_text() == saved
