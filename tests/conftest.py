@@ -6,6 +6,7 @@ import shutil
 import struct
 import sys
 
+import jax
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,6 +14,22 @@ sys.path.insert(0, ROOT)
 
 from configs import default  # noqa: E402
 from echo import train  # noqa: E402
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Shares compiled programs between runs of the same config, in this
+  process and in the main.py subprocesses, which would otherwise compile
+  the same chunk again for every run."""
+  path = str(tmp_path_factory.mktemp('compilation_cache'))
+  settings = {
+    'jax_compilation_cache_dir': path,
+    'jax_persistent_cache_min_compile_time_secs': 0,
+    'jax_persistent_cache_min_entry_size_bytes': 0,
+  }
+  for name, value in settings.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)
 
 
 @pytest.fixture
