@@ -70,7 +70,9 @@ class MetricsWriter:
       `metrics_lines`); later ones are deleted.
     resume_step: the step the run goes on from, 0 for a new run. TensorBoard
       hides events at or past it from the earlier event files (its
-      `purge_step`), so kept records at that step are written again.
+      `purge_step`), so kept records at that step are written again. Those
+      files still hold the hidden events, and a reader that does not honour
+      the purge sees them twice; metrics.jsonl has each record once.
   """
 
   def __init__(self, workdir, keep_lines=0, resume_step=0):
@@ -81,14 +83,11 @@ class MetricsWriter:
     # The event file is named by the second it is opened in, and a second
     # writer of the same name would overwrite it; the step tells them apart.
     self._summary = tensorboardX.SummaryWriter(
-      workdir,
-      purge_step=resume_step or None,
-      filename_suffix=f'.step{resume_step}',
+      workdir, purge_step=resume_step, filename_suffix=f'.step{resume_step}'
     )
-    if resume_step:
-      for record in kept:
-        if record['step'] >= resume_step:
-          self._add_scalars(record)
+    for record in kept:
+      if record['step'] >= resume_step:
+        self._add_scalars(record)
 
   def __enter__(self):
     return self

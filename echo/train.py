@@ -349,7 +349,7 @@ def train_and_evaluate(config, workdir):
     state, carries, data_key, progress = _start(trainer, saves)
     if progress.epoch >= config.num_epochs:
       logging.info(
-        '%s already holds a complete run of %d epochs; nothing to do',
+        '%s already holds the complete run (%d epochs trained); nothing to do',
         workdir,
         progress.epoch,
       )
@@ -384,24 +384,8 @@ def train_and_evaluate(config, workdir):
           chunk_losses, epoch, start, trainer, newest, learning_rate
         )
 
-        windows_per_sec, seconds_left = pace.chunk_done(stop - start)
-        logging.info(
-          'Step %d Batch loss %.6g (%.0f windows/s, %s left)',
-          start,
-          chunk_losses[0],
-          windows_per_sec,
-          progress_lib.format_duration(seconds_left),
-        )
-        metrics.write(
-          {
-            'epoch': epoch,
-            'window': start,
-            'step': epoch * num_windows + start,
-            'loss': float(chunk_losses[0]),
-            'mean_loss': float(chunk_losses.mean()),
-            'windows_per_sec': windows_per_sec,
-            'learning_rate': learning_rate,
-          }
+        _log_chunk(
+          trainer, metrics, pace, epoch, start, chunk_losses, learning_rate
         )
         if stop == num_windows:
           probabilities = _evaluate(
@@ -417,26 +401,16 @@ def train_and_evaluate(config, workdir):
         # A signal during the last chunk lets the run end as usual.
         stopping = signals.requested and progress.epoch < config.num_epochs
         if stopping or _checkpoint_due(trainer, progress):
-          saves.save(
-            {
-              'state': state,
-              'carries': carries,
-              'data_key': jax.random.key_data(data_key),
-            },
-            progress,
-          )
+          arrays = {
+            'state': state,
+            'carries': carries,
+            'data_key': jax.random.key_data(data_key),
+          }
+          saves.save(arrays, progress)
           metrics.flush()
           newest = progress.step
         if stopping:
           stopped_by = signals.name
-          logging.info(
-            'Stopped by %s at epoch %d, window %d (step %d); saved in %s',
-            stopped_by,
-            progress.epoch,
-            progress.window,
-            progress.step,
-            directory,
-          )
           break
 
   if not stopped_by:
@@ -476,6 +450,39 @@ def _chunks(trainer, state, carries, data_key, progress):
         state, carries, inputs, targets, start
       )
       yield epoch, start, state, carries, losses
+
+
+def _log_chunk(trainer, metrics, pace, epoch, start, losses, learning_rate):
+  """The progress line and metrics record of the chunk from window `start`.
+
+  Args:
+    trainer: the run's _Trainer.
+    metrics: the run's MetricsWriter.
+    pace: the run's Pace.
+    epoch: the chunk's epoch.
+    start: its first window in the epoch.
+    losses: float `[windows]`, the loss of each of its windows.
+    learning_rate: the optimizer's.
+  """
+  windows_per_sec, seconds_left = pace.chunk_done(len(losses))
+  logging.info(
+    'Step %d Batch loss %.6g (%.0f windows/s, %s left)',
+    start,
+    losses[0],
+    windows_per_sec,
+    progress_lib.format_duration(seconds_left),
+  )
+  metrics.write(
+    {
+      'epoch': epoch,
+      'window': start,
+      'step': epoch * trainer.windows_per_epoch + start,
+      'loss': float(losses[0]),
+      'mean_loss': float(losses.mean()),
+      'windows_per_sec': windows_per_sec,
+      'learning_rate': learning_rate,
+    }
+  )
 
 
 def _check_finite(losses, epoch, start, trainer, newest, learning_rate):
