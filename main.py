@@ -6,8 +6,8 @@
 
 Outputs go to --workdir (default: runs/<date>-<time>): config.json,
 metrics.jsonl, TensorBoard event files, checkpoints/, loss.png and echo.png.
-The same command on the same workdir resumes the run; Ctrl-C or SIGTERM stops
-it after a checkpoint and prints the command that resumes it.
+The same command with the same --workdir resumes the run; Ctrl-C or SIGTERM
+stops it after a checkpoint and prints the command that resumes it.
 """
 
 import logging as std_logging

@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from conftest import ROOT, metric_records
 
 from echo import train
@@ -182,3 +183,30 @@ def test_a_diverging_run_says_where_and_what_to_try(tmp_path):
   )
   losses = [loss for _, loss in metric_records(str(workdir), 'loss')]
   assert np.isfinite(losses).all()
+
+
+# Importing main.py defines its --config flag, which makes ml_collections load
+# the config file with a deprecated importlib call.
+@pytest.mark.filterwarnings('ignore:the load_module:DeprecationWarning')
+def test_the_printed_commands_replace_flags_in_any_spelling(monkeypatch):
+  monkeypatch.setattr(sys, 'argv', ['main.py'])
+  import main
+
+  command = main._command(
+    [
+      'main.py',
+      '--config=configs/default.py:tiny',
+      '--workdir',
+      'runs/old',
+      '--nofresh',
+      '--config.train.learning_rate',
+      '0.5',
+      '--config.seed=3',
+    ],
+    drop=('workdir', 'fresh', 'config.train.learning_rate'),
+    add=('--workdir=runs/my run',),
+  )
+  assert command == (
+    'python main.py --config=configs/default.py:tiny --config.seed=3 '
+    "'--workdir=runs/my run'"
+  )
