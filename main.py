@@ -5,25 +5,39 @@
   python main.py --config=configs/default.py --config.train.learning_rate=0.1
   python main.py --config=configs/sweep.py --config.sweep.num_seeds=64
 
-Outputs go to --workdir (default: runs/<date>-<time>): config.json and
-metrics.jsonl, one JSON line per progress line. A config with a `sweep`
-field runs the whole grid instead and writes results.csv, losses.npz and
-plots (see echo/sweep.py).
+Outputs go to --workdir (default: runs/<date>-<time>): config.json,
+metrics.jsonl, TensorBoard event files, checkpoints/, loss.png and echo.png.
+The same command with the same --workdir resumes the run; Ctrl-C or SIGTERM
+stops it after a checkpoint and prints the command that resumes it. A config
+with a `sweep` field runs the whole grid instead and writes results.csv,
+losses.npz and plots (see echo/sweep.py).
 """
 
+import logging as std_logging
+import os
 import re
+import shlex
+import signal
 import sys
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from echo import train, validate
+from echo import checkpoint, train, validate
+from echo import workdir as workdir_lib
 
 _WORKDIR = flags.DEFINE_string(
   'workdir',
   None,
-  'Folder for config.json and metrics.jsonl; default runs/<date>-<time>.',
+  "Folder for the run's outputs; default runs/<date>-<time>. A folder that "
+  'holds a run with the same config resumes it.',
+)
+_FRESH = flags.DEFINE_bool(
+  'fresh',
+  False,
+  'Move a run already in --workdir aside, to WORKDIR.old-<date>-<time>, and '
+  'start afresh there.',
 )
 
 
@@ -74,14 +88,45 @@ def _define_config_flag():
 _CONFIG = _define_config_flag()
 
 
+def _command(argv, drop, add):
+  """`argv` as `python main.py ...`, less the flags in `drop`, plus `add`.
+
+  A dropped flag goes in any spelling: --name=value, --name value, and for
+  --fresh also --nofresh.
+  """
+  kept, value_follows = [], False
+  for arg in argv[1:]:
+    if value_follows:
+      value_follows = False
+      continue
+    name, equals, _ = arg.lstrip('-').partition('=')
+    if arg.startswith('-') and name in drop:
+      value_follows = not equals and name != 'fresh'
+    elif arg.startswith('-') and name == 'nofresh' and 'fresh' in drop:
+      pass
+    else:
+      kept.append(arg)
+  return shlex.join(['python', argv[0], *kept, *add])
+
+
+def _quiet_orbax():
+  # Orbax logs several INFO lines per checkpoint, which would bury the
+  # progress lines; its warnings and errors still show.
+  logging.get_absl_handler().addFilter(
+    lambda record: (
+      record.levelno >= std_logging.WARNING
+      or f'{os.sep}orbax{os.sep}' not in record.pathname
+    )
+  )
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   workdir = _WORKDIR.value or time.strftime('runs/%Y%m%d-%H%M%S')
   try:
     config = _CONFIG.value
-    is_sweep = 'sweep' in config
-    if is_sweep:
+    if 'sweep' in config:
       # Imported here: its plotting brings in matplotlib, a slow import that
       # a single run does not need.
       from echo import sweep  # noqa: PLC0415
@@ -93,14 +138,48 @@ def main(argv):
     sys.exit(f'error: --config: {str(error).strip().splitlines()[-1].strip()}')
   except validate.ConfigError as error:
     sys.exit(f'error: {error}')
+  if 'sweep' in config:
+    logging.info('workdir: %s', workdir)
+    try:
+      sweep.run(config, workdir)
+    except FileExistsError as error:
+      sys.exit(f'error: {error}')
+    return
+  _quiet_orbax()
+  if _FRESH.value:
+    moved = workdir_lib.move_aside(workdir)
+    if moved:
+      logging.info('Moved the run that was in %s to %s', workdir, moved)
   logging.info('workdir: %s', workdir)
   try:
-    if is_sweep:
-      sweep.run(config, workdir)
-    else:
-      train.train_and_evaluate(config, workdir)
-  except FileExistsError as error:
+    result = train.train_and_evaluate(config, workdir)
+  except (workdir_lib.WorkdirError, checkpoint.CheckpointMismatch) as error:
     sys.exit(f'error: {error}')
+  except train.Diverged as error:
+    retry = _command(
+      sys.argv,
+      drop=('config.train.learning_rate', 'workdir', 'fresh'),
+      add=(
+        f'--config.train.learning_rate={error.learning_rate / 10:g}',
+        f'--workdir={workdir}',
+        '--fresh',
+      ),
+    )
+    sys.exit(f'error: {error}, for example: {retry}')
+  stopped_by = result['stopped_by']
+  if stopped_by:
+    resume = _command(
+      sys.argv, drop=('workdir', 'fresh'), add=(f'--workdir={workdir}',)
+    )
+    progress = result['progress']
+    print(
+      f'Stopped by {stopped_by} at epoch {progress.epoch}, window '
+      f'{progress.window}, checkpoint saved in {workdir}; resume with: '
+      f'{resume}',
+      file=sys.stderr,
+    )
+    # The shell's convention for a process ended by a signal.
+    sys.exit(128 + signal.Signals[stopped_by].value)
 
 
 if __name__ == '__main__':

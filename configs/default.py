@@ -7,6 +7,10 @@ Run it with:
   python main.py --config=configs/default.py:tiny \
     --config.train.learning_rate=0.1
 
+The same command on the same --workdir resumes the run from its newest
+checkpoint; it may change `num_epochs` and `checkpoint.*`, nothing else (add
+--fresh to move the old run aside and start again).
+
 Presets:
   (none)    the notebook's sizes, state carried from window to window.
   notebook  the notebook's exact procedure: every window starts from zero
@@ -14,6 +18,8 @@ Presets:
             one series is reused for every epoch.
   tiny      a few seconds on a laptop CPU; used by the tests.
 """
+
+import os
 
 import ml_collections
 
@@ -31,9 +37,11 @@ def get_config(preset=None):
   # 'reset': every window starts from zero state, and the first `echo_step`
   #   targets of every window are set to 0 (the notebook's procedure).
   config.mode = 'carry'
-  # Compiled programs are kept here, so a second run of the same config
-  # compiles nothing; '' turns the cache off.
-  config.compile_cache_dir = '~/.cache/echo/jax'
+  # JAX's persistent compilation cache: a second run of the same config
+  # compiles nothing. '' turns it off.
+  config.compile_cache_dir = os.path.join(
+    os.environ.get('XDG_CACHE_HOME', '~/.cache'), 'echo', 'jax'
+  )
 
   config.data = ml_collections.ConfigDict()
   # Symbols in one epoch's series, before it is laid out as [batch, length].
@@ -66,8 +74,19 @@ def get_config(preset=None):
   # Adagrad's starting sum of squares (TF1's default, so 0.3 means the same).
   config.train.initial_accumulator = 0.1
   # Windows between two progress lines; also the windows trained per
-  # compiled call.
+  # compiled call. Checkpoints fall between these chunks, so a run can only
+  # be resumed with the same value.
   config.train.log_every = 100
+
+  # Checkpoints in WORKDIR/checkpoints hold everything needed to go on
+  # exactly: parameters, optimizer state, carries and the place in the data.
+  # Both fields may change when a run is resumed.
+  config.checkpoint = ml_collections.ConfigDict()
+  # Chunks of `train.log_every` windows between two checkpoints; one is also
+  # saved at the end of the run and when it is stopped (Ctrl-C, SIGTERM).
+  config.checkpoint.every_chunks = 10
+  # Newest checkpoints kept; older ones are deleted.
+  config.checkpoint.keep = 3
 
   if preset is None:
     pass
@@ -83,6 +102,7 @@ def get_config(preset=None):
     config.model.num_layers = 2
     config.train.learning_rate = 0.5
     config.train.log_every = 10
+    config.checkpoint.every_chunks = 5
   else:
     raise ValueError(
       f"unknown preset {preset!r}: use none, 'notebook' or 'tiny'"

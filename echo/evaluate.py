@@ -13,6 +13,20 @@ import optax
 from echo import data as data_lib
 
 
+def predict(model, params, inputs, mode):
+  """Logits `[W, B, T, C]` of `params` on windows `[W, B, T]`, in order."""
+  zeros = model.initial_carries(inputs.shape[1])
+
+  def body(carries, window):
+    if mode == 'reset':
+      carries = zeros
+    carries, logits = model.apply({'params': params}, carries, window)
+    return carries, logits
+
+  _, logits = jax.lax.scan(body, zeros, inputs)
+  return logits
+
+
 def evaluate(model, params, inputs, targets, mode, echo_step):
   """Loss and accuracy of `params` on windows `[W, B, T]`.
 
@@ -30,15 +44,7 @@ def evaluate(model, params, inputs, targets, mode, echo_step):
     probable symbol is the target.
   """
   num_windows, batch_size, steps = inputs.shape
-  zeros = model.initial_carries(batch_size)
-
-  def body(carries, window):
-    if mode == 'reset':
-      carries = zeros
-    carries, logits = model.apply({'params': params}, carries, window)
-    return carries, logits
-
-  _, logits = jax.lax.scan(body, zeros, inputs)
+  logits = predict(model, params, inputs, mode)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   known = data_lib.knowable(num_windows * steps, steps, echo_step, mode)
   known = known.reshape(num_windows, 1, steps)

@@ -453,6 +453,7 @@ def run(config, workdir):
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
+  train_lib.use_compile_cache(config.compile_cache_dir)
   mesh = member_mesh()
   run_configs = list(combinations(config))
   member_values = members(config)

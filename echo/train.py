@@ -6,13 +6,12 @@ Shapes: W windows, B batch, T truncated_length (steps per window).
 carries after the window's last step through `lax.stop_gradient`, so no
 gradient crosses a window edge. `train_windows` scans it over many windows in
 one compiled loop. `train_and_evaluate` runs the epochs: the host loop visits
-one chunk of `log_every` windows at a time and logs between chunks.
+one chunk of `log_every` windows at a time and, between chunks, logs, saves
+checkpoints, evaluates after each epoch and stops when asked to.
 """
 
 import functools
-import json
 import os
-import time
 
 import flax
 import jax
@@ -21,9 +20,19 @@ import numpy as np
 import optax
 from absl import logging
 
+from echo import checkpoint as checkpoint_lib
 from echo import data as data_lib
+from echo import evaluate as evaluate_lib
+from echo import metrics as metrics_lib
 from echo import model as model_lib
+from echo import plots as plots_lib
+from echo import progress as progress_lib
+from echo import stop as stop_lib
 from echo import validate as validate_lib
+from echo import workdir as workdir_lib
+
+# Consecutive windows of the evaluation series drawn in echo.png.
+_ECHO_WINDOWS = 4
 
 
 @flax.struct.dataclass
@@ -197,13 +206,40 @@ class _Trainer:
     )
     self.epoch_windows = jax.jit(self._epoch_windows)
     self.train_chunk = jax.jit(self._train_chunk, donate_argnums=(0, 1))
+    self.eval_traces = 0
+    self.evaluate = jax.jit(self._evaluate)
 
-  def _epoch_windows(self, data_key, epoch):
-    """The epoch's (inputs, targets) `[W, B, T]`."""
-    key = epoch_data_key(
-      data_key, epoch, self.config.data.new_series_each_epoch
+  def _evaluate(self, params, inputs, targets):
+    """Scores `params` on windows `[W, B, T]` (see echo.evaluate).
+
+    Returns:
+      (dict of scalars `loss` and `accuracy`, the predicted probabilities
+      `[E, T, C]` of row 0 in the first E windows, for echo.png).
+    """
+    self.eval_traces += 1
+    config = self.config
+    scores = evaluate_lib.evaluate(
+      self.model,
+      params,
+      inputs,
+      targets,
+      config.mode,
+      config.data.echo_step,
     )
-    return data_lib.make_windows(key, self.config.data, self.config.mode)
+    logits = evaluate_lib.predict(
+      self.model, params, inputs[:_ECHO_WINDOWS], config.mode
+    )
+    return scores, jax.nn.softmax(logits[:, 0])
+
+  def checkpoint_target(self, init_key, data_key):
+    """Shapes and dtypes of what a checkpoint holds, from this config."""
+    return jax.eval_shape(
+      lambda: {
+        'state': self.create_state(init_key),
+        'carries': self.model.initial_carries(self.config.data.batch_size),
+        'data_key': jax.random.key_data(data_key),
+      }
+    )
 
   def _train_chunk(self, state, carries, inputs, targets, start):
     """Trains windows [start, start + chunk) of one epoch's `[W, B, T]`.
@@ -253,80 +289,308 @@ class _Trainer:
     )
     return state, carries, losses
 
+  def _epoch_windows(self, data_key, epoch):
+    """The epoch's (inputs, targets) `[W, B, T]`."""
+    key = epoch_data_key(
+      data_key, epoch, self.config.data.new_series_each_epoch
+    )
+    return data_lib.make_windows(key, self.config.data, self.config.mode)
+
+
+class Diverged(FloatingPointError):
+  """The loss became NaN or infinite; the state that made it was not saved.
+
+  Attributes:
+    epoch, window, step: where the first such loss was.
+    checkpoint_step: the newest checkpoint, all finite; None if none exists.
+    learning_rate: the learning rate of the run.
+  """
+
+  def __init__(self, epoch, window, step, loss, checkpoint_step, learning_rate):
+    self.epoch, self.window, self.step = epoch, window, step
+    self.checkpoint_step = checkpoint_step
+    self.learning_rate = learning_rate
+    if checkpoint_step is None:
+      kept = 'there is no checkpoint yet'
+    else:
+      kept = f'the newest checkpoint is step {checkpoint_step}'
+    super().__init__(
+      f'loss {loss} at epoch {epoch}, window {window} (step {step}); stopped '
+      f'without saving it, {kept}. Try a lower learning rate than '
+      f'config.train.learning_rate={learning_rate:g}'
+    )
+
 
 def train_and_evaluate(config, workdir):
-  """Trains `config` and writes `config.json` and `metrics.jsonl` to workdir.
+  """Trains `config` in `workdir`, or goes on with the run saved there.
 
   Logs `New data, epoch E` as each epoch starts and, every `log_every`
-  windows, `Step S Batch loss L` with the loss of window S and windows/s.
+  windows, `Step S Batch loss L (N windows/s, H:MM:SS left)` with the loss of
+  window S. After each epoch it evaluates on a series never trained on.
+  Writes to workdir: config.json, metrics.jsonl, TensorBoard event files,
+  checkpoints/ and, when the run is complete, loss.png and echo.png.
+
+  A workdir with checkpoints is resumed from the newest one and goes on as if
+  it had never stopped. SIGINT (Ctrl-C) or SIGTERM stops the run after the
+  chunk being trained, with a checkpoint of it.
 
   Args:
     config: a ConfigDict as made by configs/default.py.
     workdir: folder for the run's outputs; made if missing.
 
   Returns:
-    dict with `losses` (float64 `[num_epochs, windows_per_epoch]`), the
-    final `state`, and `traces` (times the chunk function was traced).
+    dict with `losses` (float64 `[num_epochs, windows_per_epoch]`, NaN for
+    windows not trained by this call), the final `state`, `traces` and
+    `eval_traces` (times the chunk and the evaluation were traced),
+    `progress` (a checkpoint.Progress: where the run stands) and `stopped_by`
+    ('SIGINT' or 'SIGTERM' if a signal stopped it, else None).
 
   Raises:
     ConfigError: before anything is built or written, if a field of `config`
       cannot work.
+    WorkdirError: if workdir holds a run with a config that differs in a field
+      that changes what is computed (see echo.workdir).
+    CheckpointMismatch: if its checkpoint does not fit `config`.
+    Diverged: when a loss is NaN or infinite, after the chunk that made it.
   """
   validate_lib.validate(config)
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-  if os.path.exists(metrics_path):
-    raise FileExistsError(
-      f'{workdir} already holds a run ({metrics_path}); '
-      'choose another --workdir'
-    )
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  workdir_lib.prepare(config, workdir)
 
   use_compile_cache(config.compile_cache_dir)
   trainer = _Trainer(config)
-  init_key, data_key, _ = trainer.run_keys(config.seed)
-  state = trainer.create_state(init_key)
   num_windows = trainer.windows_per_epoch
-  losses = np.zeros((config.num_epochs, num_windows))
+  _, _, eval_key = trainer.run_keys(config.seed)
+  evaluation = data_lib.make_windows(eval_key, config.data, config.mode)
+  losses = np.full((config.num_epochs, num_windows), np.nan)
+  stopped_by = None
 
-  with open(metrics_path, 'a') as metrics_file:
-    for epoch in range(config.num_epochs):
-      logging.info('New data, epoch %d', epoch)
-      inputs, targets = trainer.epoch_windows(data_key, epoch)
-      carries = trainer.model.initial_carries(config.data.batch_size)
-      started = time.perf_counter()
-      for start in range(0, num_windows, trainer.chunk):
-        state, carries, chunk_losses = trainer.train_chunk(
-          state, carries, inputs, targets, start
-        )
-        chunk_losses = np.asarray(chunk_losses)
+  directory = os.path.join(workdir, 'checkpoints')
+  with checkpoint_lib.Checkpoints(directory, config.checkpoint.keep) as saves:
+    state, carries, data_key, progress = _start(trainer, saves)
+    if progress.epoch >= config.num_epochs:
+      logging.info(
+        '%s already holds the complete run (%d epochs trained); nothing to do',
+        workdir,
+        progress.epoch,
+      )
+      if not os.path.exists(os.path.join(workdir, 'echo.png')):
+        _, probabilities = trainer.evaluate(state.params, *evaluation)
+        _draw(workdir, trainer, evaluation, probabilities)
+      return _result(trainer, losses, state, progress, stopped_by)
+
+    newest = saves.latest_step()
+    if newest is not None:
+      logging.info(
+        'Resuming at epoch %d, window %d (step %d) from %s',
+        progress.epoch,
+        progress.window,
+        progress.step,
+        directory,
+      )
+    pace = progress_lib.Pace(config.num_epochs * num_windows - progress.step)
+    with (
+      metrics_lib.MetricsWriter(
+        workdir, progress.metrics_lines, progress.step
+      ) as metrics,
+      stop_lib.StopSignals() as signals,
+    ):
+      chunks = _chunks(trainer, state, carries, data_key, progress)
+      for epoch, start, state, carries, chunk_losses in chunks:
         stop = min(start + trainer.chunk, num_windows)
-        losses[epoch, start:stop] = chunk_losses[: stop - start]
-        now = time.perf_counter()
-        windows_per_sec = (stop - start) / (now - started)
-        started = now
-        loss = float(chunk_losses[0])
-        logging.info(
-          'Step %d Batch loss %.6g (%.0f windows/s)',
-          start,
-          loss,
-          windows_per_sec,
+        chunk_losses = np.asarray(chunk_losses)[: stop - start]
+        losses[epoch, start:stop] = chunk_losses
+        learning_rate = float(state.opt_state.hyperparams['learning_rate'])
+        _check_finite(
+          chunk_losses, epoch, start, trainer, newest, learning_rate
         )
-        record = {
-          'epoch': epoch,
-          'window': start,
-          'step': epoch * num_windows + start,
-          'loss': loss,
-          'mean_loss': float(chunk_losses[: stop - start].mean()),
-          'windows_per_sec': windows_per_sec,
-          'learning_rate': float(state.opt_state.hyperparams['learning_rate']),
-        }
-        metrics_file.write(json.dumps(record) + '\n')
-        metrics_file.flush()
 
+        _log_chunk(
+          trainer, metrics, pace, epoch, start, chunk_losses, learning_rate
+        )
+        if stop == num_windows:
+          probabilities = _evaluate(
+            trainer, state.params, evaluation, epoch, metrics
+          )
+
+        progress = checkpoint_lib.Progress(
+          epoch=epoch + stop // num_windows,
+          window=stop % num_windows,
+          step=epoch * num_windows + stop,
+          metrics_lines=metrics.lines,
+        )
+        # A signal during the last chunk lets the run end as usual.
+        stopping = signals.requested and progress.epoch < config.num_epochs
+        if stopping or _checkpoint_due(trainer, progress):
+          arrays = {
+            'state': state,
+            'carries': carries,
+            'data_key': jax.random.key_data(data_key),
+          }
+          saves.save(arrays, progress)
+          metrics.flush()
+          newest = progress.step
+        if stopping:
+          stopped_by = signals.name
+          break
+
+  if not stopped_by:
+    _draw(workdir, trainer, evaluation, probabilities)
+  return _result(trainer, losses, state, progress, stopped_by)
+
+
+def _start(trainer, saves):
+  """(state, carries, data key, Progress): restored, or new at step 0."""
+  config = trainer.config
+  init_key, data_key, _ = trainer.run_keys(config.seed)
+  # The target costs a trace of the model; a new run has nothing to restore.
+  saved = saves.latest_step() is not None and saves.restore(
+    trainer.checkpoint_target(init_key, data_key)
+  )
+  if not saved:
+    state = trainer.create_state(init_key)
+    carries = trainer.model.initial_carries(config.data.batch_size)
+    return state, carries, data_key, checkpoint_lib.Progress(0, 0, 0, 0)
+  run, progress = saved
+  data_key = jax.random.wrap_key_data(run['data_key'])
+  return run['state'], run['carries'], data_key, progress
+
+
+def _chunks(trainer, state, carries, data_key, progress):
+  """Trains chunk after chunk from `progress` to the end of the run.
+
+  Yields:
+    (epoch, first window, state, carries, losses `[chunk]`) after each chunk.
+  """
+  config = trainer.config
+  for epoch in range(progress.epoch, config.num_epochs):
+    logging.info('New data, epoch %d', epoch)
+    inputs, targets = trainer.epoch_windows(data_key, epoch)
+    first = progress.window if epoch == progress.epoch else 0
+    if not first:
+      carries = trainer.model.initial_carries(config.data.batch_size)
+    for start in range(first, trainer.windows_per_epoch, trainer.chunk):
+      state, carries, losses = trainer.train_chunk(
+        state, carries, inputs, targets, start
+      )
+      yield epoch, start, state, carries, losses
+
+
+def _log_chunk(trainer, metrics, pace, epoch, start, losses, learning_rate):
+  """The progress line and metrics record of the chunk from window `start`.
+
+  Args:
+    trainer: the run's _Trainer.
+    metrics: the run's MetricsWriter.
+    pace: the run's Pace.
+    epoch: the chunk's epoch.
+    start: its first window in the epoch.
+    losses: float `[windows]`, the loss of each of its windows.
+    learning_rate: the optimizer's.
+  """
+  windows_per_sec, seconds_left = pace.chunk_done(len(losses))
+  logging.info(
+    'Step %d Batch loss %.6g (%.0f windows/s, %s left)',
+    start,
+    losses[0],
+    windows_per_sec,
+    progress_lib.format_duration(seconds_left),
+  )
+  metrics.write(
+    {
+      'epoch': epoch,
+      'window': start,
+      'step': epoch * trainer.windows_per_epoch + start,
+      'loss': float(losses[0]),
+      'mean_loss': float(losses.mean()),
+      'windows_per_sec': windows_per_sec,
+      'learning_rate': learning_rate,
+    }
+  )
+
+
+def _check_finite(losses, epoch, start, trainer, newest, learning_rate):
+  """Raises Diverged at the first NaN or infinite loss of a chunk."""
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if bad.size:
+    window = start + int(bad[0])
+    step = epoch * trainer.windows_per_epoch + window
+    raise Diverged(epoch, window, step, losses[bad[0]], newest, learning_rate)
+
+
+def _checkpoint_due(trainer, progress):
+  """Whether to save after the chunk that led to `progress`."""
+  config = trainer.config
+  if progress.epoch == config.num_epochs:
+    return True
+  # Counted from the start of the run, so a resumed run saves where an
+  # uninterrupted one would.
+  chunks_per_epoch = -(-trainer.windows_per_epoch // trainer.chunk)
+  chunks = progress.epoch * chunks_per_epoch + progress.window // trainer.chunk
+  return chunks % config.checkpoint.every_chunks == 0
+
+
+def _result(trainer, losses, state, progress, stopped_by):
   return {
     'losses': losses,
     'state': state,
     'traces': trainer.traces,
+    'eval_traces': trainer.eval_traces,
+    'progress': progress,
+    'stopped_by': stopped_by,
   }
+
+
+def _evaluate(trainer, params, evaluation, epoch, metrics):
+  """Scores `params` on the evaluation windows; logs and records it.
+
+  Returns:
+    The predicted probabilities for echo.png (see _Trainer._evaluate).
+  """
+  scores, probabilities = trainer.evaluate(params, *evaluation)
+  loss, accuracy = float(scores['loss']), float(scores['accuracy'])
+  logging.info(
+    'Evaluation after epoch %d: loss %.6g, accuracy %.4f',
+    epoch,
+    loss,
+    accuracy,
+  )
+  metrics.write(
+    {
+      'epoch': epoch,
+      'step': (epoch + 1) * trainer.windows_per_epoch,
+      'eval_loss': loss,
+      'eval_accuracy': accuracy,
+    }
+  )
+  return probabilities
+
+
+def _draw(workdir, trainer, evaluation, probabilities):
+  """Writes loss.png and echo.png to workdir.
+
+  Args:
+    workdir: the run's folder, with its metrics.jsonl.
+    trainer: the run's _Trainer.
+    evaluation: the evaluation windows (inputs, targets), each `[W, B, T]`.
+    probabilities: `[E, T, C]` predicted for row 0 of the first E windows.
+  """
+  config = trainer.config
+  plots_lib.plot_losses(
+    os.path.join(workdir, 'loss.png'),
+    metrics_lib.read(workdir),
+    trainer.windows_per_epoch,
+  )
+  num_windows, steps, _ = probabilities.shape
+  inputs, targets = (np.asarray(x[:num_windows, 0]) for x in evaluation)
+  knowable = data_lib.knowable(
+    num_windows * steps, steps, config.data.echo_step, config.mode
+  )
+  plots_lib.plot_echo(
+    os.path.join(workdir, 'echo.png'),
+    inputs,
+    targets,
+    np.asarray(probabilities),
+    np.asarray(knowable).reshape(num_windows, steps),
+    config.data.echo_step,
+  )
+  logging.info('Pictures: %s and %s', 'loss.png', 'echo.png')

@@ -52,6 +52,8 @@ def validate(config):
     'model.state_size',
     'model.num_layers',
     'train.log_every',
+    'checkpoint.every_chunks',
+    'checkpoint.keep',
   ):
     _positive(config, path)
   _choice(config.mode, 'mode', MODES)

@@ -2,10 +2,18 @@
 
 import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 
-from conftest import ROOT
+import numpy as np
+import pytest
+from conftest import ROOT, metric_records
+
+from echo import train
 
 
 def _main(*args):
@@ -29,17 +37,23 @@ def test_tiny_run_writes_config_and_metrics_with_the_override(tmp_path):
   config = json.loads((workdir / 'config.json').read_text())
   assert config['train']['learning_rate'] == 0.25
   assert config['data']['series_length'] == 1_600  # The tiny preset.
-  records = [
+  lines = [
     json.loads(line)
     for line in (workdir / 'metrics.jsonl').read_text().splitlines()
   ]
+  records = [r for r in lines if 'loss' in r]
   assert len(records) == 4 * 5  # 4 epochs, 50 windows, a line every 10.
   for key in ('epoch', 'window', 'step', 'loss', 'windows_per_sec'):
     assert key in records[0]
   assert {r['learning_rate'] for r in records} == {0.25}
   assert [r['step'] for r in records] == list(range(0, 200, 10))
+  evaluations = [r for r in lines if 'eval_loss' in r]
+  assert [r['step'] for r in evaluations] == [50, 100, 150, 200]
   assert 'New data, epoch 3' in done.stderr
-  assert 'Step 40 Batch loss' in done.stderr
+  assert re.search(
+    r'Step 40 Batch loss \S+ \(\d+ windows/s, \d+:\d\d:\d\d left\)', done.stderr
+  )
+  assert 'Evaluation after epoch 3: loss' in done.stderr
 
 
 def _error_line(done):
@@ -111,4 +125,106 @@ def test_a_second_run_compiles_nothing(tmp_path):
   assert second.returncode == 0, second.stderr
   # Every program came from the cache: a compile would have added an entry.
   assert sorted(p.name for p in cache.rglob('*') if p.is_file()) == entries
-  assert (tmp_path / 'second' / 'metrics.jsonl').read_text().count('\n') == 5
+  assert len(metric_records(str(tmp_path / 'second'), 'loss')) == 5
+
+
+def test_sigterm_saves_the_last_chunk_and_the_printed_command_resumes(
+  tiny, tmp_path
+):
+  workdir = tmp_path / 'run'
+  metrics = workdir / 'metrics.jsonl'
+  stderr = tmp_path / 'stderr.txt'
+  # So many epochs that the run is still training when the signal comes.
+  with open(stderr, 'w') as log:
+    process = subprocess.Popen(
+      [
+        sys.executable,
+        'main.py',
+        '--config=configs/default.py:tiny',
+        '--config.num_epochs=100000',
+        f'--workdir={workdir}',
+      ],
+      cwd=ROOT,
+      stdout=subprocess.DEVNULL,
+      stderr=log,
+    )
+    try:
+      deadline = time.monotonic() + 240  # Against a hang; not a measurement.
+      while not metrics.exists() or metrics.read_text().count('\n') < 3:
+        assert process.poll() is None, stderr.read_text()
+        assert time.monotonic() < deadline, 'no metrics within 240 s'
+        time.sleep(0.05)
+      process.send_signal(signal.SIGTERM)
+      assert process.wait(timeout=240) == 128 + signal.SIGTERM
+    finally:
+      process.kill()
+
+  line = stderr.read_text().strip().splitlines()[-1]
+  stopped = re.match(r'Stopped by SIGTERM at epoch (\d+), window (\d+)', line)
+  assert stopped, line
+  command = shlex.split(line.split('resume with: ')[1])
+  assert command[:2] == ['python', 'main.py']
+  assert f'--workdir={workdir}' in command
+  # Resume, and end one epoch after the stop instead of after 100000.
+  num_epochs = int(stopped[1]) + 1
+  done = _main(*command[2:], f'--config.num_epochs={num_epochs}')
+  assert done.returncode == 0, done.stderr
+  assert 'Resuming at epoch' in done.stderr
+
+  tiny.num_epochs = num_epochs
+  reference = tmp_path / 'reference'
+  train.train_and_evaluate(tiny, str(reference))
+  for field in ('loss', 'mean_loss', 'eval_loss'):
+    got = metric_records(str(workdir), field)
+    want = metric_records(str(reference), field)
+    assert [step for step, _ in got] == [step for step, _ in want]
+    np.testing.assert_allclose(
+      [value for _, value in got], [value for _, value in want], atol=1e-6
+    )
+
+
+def test_a_diverging_run_says_where_and_what_to_try(tmp_path):
+  workdir = tmp_path / 'run'
+  done = _main(
+    '--config=configs/default.py:tiny',
+    '--config.train.optimizer=sgd',
+    '--config.train.learning_rate=1e37',
+    f'--workdir={workdir}',
+  )
+  line = _error_line(done)
+  assert re.match(
+    r'error: loss (nan|inf) at epoch 0, window \d+ \(step \d+\)', line
+  ), line
+  assert line.endswith(
+    '--config.train.optimizer=sgd --config.train.learning_rate=1e+36 '
+    f'--workdir={workdir} --fresh'
+  )
+  losses = [loss for _, loss in metric_records(str(workdir), 'loss')]
+  assert np.isfinite(losses).all()
+
+
+# Importing main.py defines its --config flag, which makes ml_collections load
+# the config file with a deprecated importlib call.
+@pytest.mark.filterwarnings('ignore:the load_module:DeprecationWarning')
+def test_the_printed_commands_replace_flags_in_any_spelling(monkeypatch):
+  monkeypatch.setattr(sys, 'argv', ['main.py'])
+  import main
+
+  command = main._command(
+    [
+      'main.py',
+      '--config=configs/default.py:tiny',
+      '--workdir',
+      'runs/old',
+      '--nofresh',
+      '--config.train.learning_rate',
+      '0.5',
+      '--config.seed=3',
+    ],
+    drop=('workdir', 'fresh', 'config.train.learning_rate'),
+    add=('--workdir=runs/my run',),
+  )
+  assert command == (
+    'python main.py --config=configs/default.py:tiny --config.seed=3 '
+    "'--workdir=runs/my run'"
+  )

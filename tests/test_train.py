@@ -78,6 +78,7 @@ def test_every_cell_trains(tiny, tmp_path, cell):
     ('train.optimizer', 'lbfgs', "'adagrad', 'adam'"),
     ('mode', 'both', "'carry', 'reset'"),
     ('train.learning_rate', 0.0, '> 0'),
+    ('checkpoint.every_chunks', 0, 'integer >= 1'),
   ],
 )
 def test_a_config_that_cannot_work_fails_before_anything_is_written(
@@ -105,19 +106,9 @@ def test_echo_step_must_fit_a_window_in_reset_mode(tiny, tmp_path):
   validate.validate(tiny)
 
 
-def test_an_existing_run_is_never_overwritten(tiny, tmp_path):
-  tiny.num_epochs = 1
-  _run(tiny, tmp_path)
-  saved = (tmp_path / 'run' / 'metrics.jsonl').read_text()
-  with pytest.raises(FileExistsError, match='another --workdir'):
-    _run(tiny, tmp_path)
-  assert (tmp_path / 'run' / 'metrics.jsonl').read_text() == saved
-
-
 def test_fast_lstm_paths_leave_the_loss_curve_unchanged(
   tiny, tmp_path, monkeypatch
 ):
-  tiny.compile_cache_dir = ''
   fast = _run(tiny, tmp_path, 'fast')['losses']
 
   def plain_lstm_step(kernel, bias, inputs, c, h, forget_bias):

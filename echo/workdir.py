@@ -1,0 +1,126 @@
+"""A run's folder: its saved config, and whether a new request may go on there.
+
+A workdir that already holds a run is resumed only with the same config, but
+for the fields in `MAY_DIFFER`, which change neither the shapes nor the
+numbers that a run computes:
+
+  num_epochs    extends a finished run, or ends one sooner
+  checkpoint.*  how often checkpoints are saved and how many are kept
+
+Any other difference (seed, mode, data sizes, model, optimizer, learning rate,
+log_every, ...) is refused with the fields listed. `move_aside` keeps the old
+run under another name so that the folder can start afresh (main.py --fresh);
+nothing is ever deleted.
+"""
+
+import json
+import os
+import time
+
+from absl import logging
+
+# Fields (or prefixes of fields) that may differ from the saved run's.
+# TODO: let train.log_every change too. Checkpoints sit on multiples of the
+# old value, and the chunk function cannot yet start a chunk elsewhere, so a
+# new value is refused for now.
+MAY_DIFFER = ('num_epochs', 'checkpoint.')
+
+
+class WorkdirError(ValueError):
+  """The workdir holds a run that the requested config may not go on with."""
+
+
+def config_path(workdir):
+  return os.path.join(workdir, 'config.json')
+
+
+def _flatten(tree, prefix=''):
+  """{'data.batch_size': 5, ...} for a nested dict of values."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def config_changes(saved, requested):
+  """Fields whose values differ between two configs.
+
+  Args:
+    saved: the config in a workdir's config.json, as a nested dict.
+    requested: the config to run, as a nested dict.
+
+  Returns:
+    (refused, allowed): lists of (field, saved value, requested value); a
+    field one config lacks has the value None there.
+  """
+  saved, requested = _flatten(saved), _flatten(requested)
+  refused, allowed = [], []
+  for field in sorted(saved.keys() | requested.keys()):
+    change = (field, saved.get(field), requested.get(field))
+    if change[1] == change[2]:
+      continue
+    may_differ = any(
+      field == name or (name.endswith('.') and field.startswith(name))
+      for name in MAY_DIFFER
+    )
+    (allowed if may_differ else refused).append(change)
+  return refused, allowed
+
+
+def prepare(config, workdir):
+  """Makes `workdir` ready for `config`, and writes its config.json.
+
+  Raises:
+    WorkdirError: if `workdir` holds a run whose config differs in a field
+      that changes what is computed, or a run without its config.json.
+  """
+  path = config_path(workdir)
+  requested = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    refused, allowed = config_changes(saved, requested)
+    if refused:
+      fields = '; '.join(
+        f'{field} saved {old!r}, requested {new!r}'
+        for field, old, new in refused
+      )
+      raise WorkdirError(
+        f'{workdir} holds a run with another config: {fields}. Request the '
+        'saved values to resume it, or start afresh with main.py --fresh '
+        '(which moves the old run aside) or another --workdir'
+      )
+    for field, old, new in allowed:
+      logging.info('%s was %r in the saved run; now %r', field, old, new)
+  elif any(
+    os.path.exists(os.path.join(workdir, name))
+    for name in ('metrics.jsonl', 'checkpoints')
+  ):
+    raise WorkdirError(
+      f'{workdir} holds a run but no config.json, so it cannot be resumed; '
+      'choose another --workdir, or move it aside with main.py --fresh'
+    )
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+
+
+def move_aside(workdir):
+  """Renames a non-empty `workdir` to WORKDIR.old-<date>-<time>[-N].
+
+  Returns:
+    The new name, or None if there was nothing to move.
+  """
+  workdir = os.path.normpath(workdir)
+  if not os.path.isdir(workdir) or not os.listdir(workdir):
+    return None
+  base = f'{workdir}.old-{time.strftime("%Y%m%d-%H%M%S")}'
+  target, count = base, 0
+  while os.path.exists(target):
+    count += 1
+    target = f'{base}-{count}'
+  os.rename(workdir, target)
+  return target

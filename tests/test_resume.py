@@ -1,0 +1,207 @@
+"""Checkpoints and resuming: a resumed run repeats an uninterrupted one."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import finished_config, metric_records, read_events
+
+from echo import checkpoint, train, workdir
+
+
+def _assert_same_curves(workdir, reference):
+  for field in ('loss', 'mean_loss', 'eval_loss', 'eval_accuracy'):
+    got = metric_records(workdir, field)
+    want = metric_records(reference, field)
+    assert [step for step, _ in got] == [step for step, _ in want], field
+    np.testing.assert_allclose(
+      [value for _, value in got], [value for _, value in want], atol=1e-6
+    )
+
+
+def test_a_run_killed_after_a_checkpoint_goes_on_as_if_never_stopped(
+  finished, tmp_path
+):
+  # A run killed after window 89 has saved steps 30 and 60 and logged more:
+  # the same files as the finished run without its later checkpoints.
+  run = finished['copy_to'](tmp_path / 'run')
+  saves = os.path.join(run, 'checkpoints')
+  for step in os.listdir(saves):
+    if int(step) > 60:
+      shutil.rmtree(os.path.join(saves, step))
+
+  result = train.train_and_evaluate(finished_config(), run)
+
+  # Step 60 is window 10 of epoch 1: mid-epoch, so the carries matter.
+  losses = result['losses']
+  assert np.isnan(losses[0]).all() and np.isnan(losses[1, :10]).all()
+  np.testing.assert_allclose(
+    losses[1, 10:], finished['result']['losses'][1, 10:], atol=1e-6
+  )
+  assert result['traces'] == 1
+  # metrics.jsonl lost the lines logged after step 60 and has them once.
+  _assert_same_curves(run, finished['workdir'])
+  events = read_events(run)
+  for tag, field in (('train/loss', 'loss'), ('eval/loss', 'eval_loss')):
+    steps = [step for step, _ in events[tag]]
+    assert steps == [step for step, _ in metric_records(run, field)], tag
+
+
+def test_more_epochs_extend_a_finished_run(finished, tmp_path):
+  config = finished_config()
+  config.num_epochs = 2
+  run = str(tmp_path / 'run')
+  train.train_and_evaluate(config, run)
+
+  config.num_epochs = 4
+  result = train.train_and_evaluate(config, run)
+  assert result['progress'].step == 200
+  assert np.isnan(result['losses'][:2]).all()
+  _assert_same_curves(run, finished['workdir'])
+
+
+def test_a_complete_run_is_not_trained_again(finished, tmp_path):
+  run = finished['copy_to'](tmp_path / 'run')
+  before = open(os.path.join(run, 'metrics.jsonl')).read()
+  result = train.train_and_evaluate(finished_config(), run)
+  assert result['progress'].epoch == 4 and result['stopped_by'] is None
+  assert result['traces'] == 0 and np.isnan(result['losses']).all()
+  assert open(os.path.join(run, 'metrics.jsonl')).read() == before
+
+
+def test_a_different_config_is_refused_with_the_fields_listed(
+  finished, tmp_path
+):
+  run = finished['copy_to'](tmp_path / 'run')
+  before = open(os.path.join(run, 'metrics.jsonl')).read()
+  config = finished_config()
+  config.model.state_size = 8
+  config.seed = 1
+  config.num_epochs = 9  # May differ: it only extends the run.
+  with pytest.raises(workdir.WorkdirError) as error:
+    train.train_and_evaluate(config, run)
+  message = str(error.value)
+  assert 'model.state_size saved 4, requested 8' in message
+  assert 'seed saved 0, requested 1' in message
+  assert 'num_epochs' not in message and '--fresh' in message
+  assert open(os.path.join(run, 'metrics.jsonl')).read() == before
+
+
+def test_which_fields_may_differ():
+  saved = finished_config().to_dict()
+  requested = finished_config()
+  requested.num_epochs = 10
+  requested.checkpoint.keep = 1
+  requested.train.log_every = 5
+  refused, allowed = workdir.config_changes(saved, requested.to_dict())
+  assert refused == [('train.log_every', 10, 5)]
+  assert [field for field, _, _ in allowed] == ['checkpoint.keep', 'num_epochs']
+
+
+def _target(config):
+  trainer = train._Trainer(config)
+  init_key, data_key, _ = train.run_keys(config.seed)
+  return trainer.checkpoint_target(init_key, data_key)
+
+
+@pytest.mark.parametrize(
+  'field, value, leaf',
+  [
+    ('model.state_size', 8, 'state.params.head.kernel: saved float32[4, 2]'),
+    ('model.num_layers', 3, 'expected float32[16]'),
+    ('model.cell', 'gru', 'state.params.rnn.layer_0.candidate'),
+  ],
+)
+def test_a_checkpoint_that_does_not_fit_is_an_error_not_a_partial_load(
+  finished, field, value, leaf
+):
+  config = finished_config()
+  section, name = field.split('.')
+  config[section][name] = value
+  directory = os.path.join(finished['workdir'], 'checkpoints')
+  with checkpoint.Checkpoints(directory, keep=10) as saves:
+    with pytest.raises(checkpoint.CheckpointMismatch) as error:
+      saves.restore(_target(config))
+  assert leaf in str(error.value)
+
+
+def test_a_config_json_that_lies_still_cannot_load_another_shape(
+  finished, tmp_path
+):
+  run = finished['copy_to'](tmp_path / 'run')
+  config = finished_config()
+  config.model.state_size = 8
+  with open(workdir.config_path(run), 'w') as f:
+    f.write(config.to_json_best_effort())
+  with pytest.raises(checkpoint.CheckpointMismatch, match='state.params'):
+    train.train_and_evaluate(config, run)
+
+
+def test_restoring_gives_back_what_was_saved(finished):
+  directory = os.path.join(finished['workdir'], 'checkpoints')
+  with checkpoint.Checkpoints(directory, keep=10) as saves:
+    assert saves.latest_step() == 200
+    restored, progress = saves.restore(_target(finished_config()))
+  assert progress == checkpoint.Progress(4, 0, 200, 24)
+  state = finished['result']['state']
+  for got, want in zip(
+    jax.tree.leaves(restored['state']), jax.tree.leaves(state), strict=True
+  ):
+    np.testing.assert_array_equal(got, want)
+  _, data_key, _ = train.run_keys(0)
+  np.testing.assert_array_equal(
+    restored['data_key'], jax.random.key_data(data_key)
+  )
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+  monkeypatch, tmp_path
+):
+  original = train._Trainer._train_chunk
+
+  def poisoned(self, state, carries, inputs, targets, start):
+    # From window 75 of the run on, the loss and parameters turn to NaN.
+    state, carries, losses = original(
+      self, state, carries, inputs, targets, start
+    )
+    windows = state.step - losses.shape[0] + jnp.arange(losses.shape[0])
+    losses = jnp.where(windows >= 75, jnp.nan, losses)
+    params = jax.tree.map(
+      lambda p: jnp.where(windows[-1] >= 75, jnp.nan, p), state.params
+    )
+    return state.replace(params=params), carries, losses
+
+  monkeypatch.setattr(train._Trainer, '_train_chunk', poisoned)
+  config = finished_config()
+  run = str(tmp_path / 'run')
+  with pytest.raises(train.Diverged) as error:
+    train.train_and_evaluate(config, run)
+
+  diverged = error.value
+  assert (diverged.epoch, diverged.window, diverged.step) == (1, 25, 75)
+  assert diverged.checkpoint_step == 60
+  assert 'config.train.learning_rate=0.5' in str(diverged)
+  directory = os.path.join(run, 'checkpoints')
+  with checkpoint.Checkpoints(directory, keep=10) as saves:
+    assert saves.latest_step() == 60
+    restored, _ = saves.restore(_target(config))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
+  losses = [loss for _, loss in metric_records(run, 'loss')]
+  assert np.isfinite(losses).all() and len(losses) == 7
+
+
+def test_moving_a_run_aside_keeps_it(tmp_path):
+  run = tmp_path / 'run'
+  assert workdir.move_aside(str(run)) is None
+  run.mkdir()
+  (run / 'metrics.jsonl').write_text('{"step": 0}\n')
+  first = workdir.move_aside(str(run))
+  run.mkdir()
+  (run / 'metrics.jsonl').write_text('{"step": 1}\n')
+  second = workdir.move_aside(str(run))
+  assert first != second and not run.exists()
+  assert open(os.path.join(first, 'metrics.jsonl')).read() == '{"step": 0}\n'
+  assert open(os.path.join(second, 'metrics.jsonl')).read() == '{"step": 1}\n'
