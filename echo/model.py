@@ -271,75 +271,6 @@ class _Layers(nn.Module):
     return tuple(new_carries), x
 
 
-def lstm_wavefront(kernels, biases, carries, inputs, forget_bias):
-  """Stacked LSTM layers over a window, all layers in each scan step.
-
-  Cell (layer l, step t) needs only (l - 1, t) and (l, t - 1), so scan step
-  d runs every layer l at step t = d - l at once: T + L - 1 steps of one
-  batched cell instead of T * L single cells. Layers outside their steps keep
-  their carries unchanged.
-
-  Args:
-    kernels: `[L, 2H, 4H]`, each layer's LSTM kernel (the embedding width
-      equals H, so every layer reads H numbers).
-    biases: `[L, 4H]`.
-    carries: per-layer (c, h), each `[B, H]`.
-    inputs: `[B, T, H]`.
-    forget_bias: added to the forget gate.
-
-  Returns:
-    (carries after step T - 1, top layer outputs `[B, T, H]`).
-  """
-  num_layers = kernels.shape[0]
-  batch_size, steps, width = inputs.shape
-  c = jnp.stack([layer_c for layer_c, _ in carries])
-  h = jnp.stack([layer_h for _, layer_h in carries])
-  padding = jnp.zeros((num_layers - 1, batch_size, width), inputs.dtype)
-  first_layer_inputs = jnp.concatenate([inputs.swapaxes(0, 1), padding])
-  layer = np.arange(num_layers)[:, None, None]
-
-  def step(state, scanned):
-    c, h = state
-    wave, x = scanned
-    layer_inputs = jnp.concatenate([x[None], h[:-1]])
-    new_c, new_h = lstm_step(kernels, biases, layer_inputs, c, h, forget_bias)
-    active = (wave >= layer) & (wave - layer < steps)
-    c = jnp.where(active, new_c, c)
-    h = jnp.where(active, new_h, h)
-    return (c, h), h[-1]
-
-  waves = jnp.arange(steps + num_layers - 1)
-  (c, h), top = jax.lax.scan(step, (c, h), (waves, first_layer_inputs))
-  carries = tuple((c[index], h[index]) for index in range(num_layers))
-  return carries, top[num_layers - 1 :].swapaxes(0, 1)
-
-
-class _LSTMLayerParams(nn.Module):
-  """The parameters of one LSTM layer, laid out as LSTMCell's."""
-
-  features: int
-
-  @nn.compact
-  def __call__(self, in_features):
-    return GatesParams(4 * self.features, name='gates')(in_features)
-
-
-class _LSTMStackParams(nn.Module):
-  """Every layer's LSTM parameters, stacked: kernels `[L, 2H, 4H]`, biases."""
-
-  features: int
-  num_layers: int
-
-  @nn.compact
-  def __call__(self):
-    layers = [
-      _LSTMLayerParams(self.features, name=f'layer_{index}')(2 * self.features)
-      for index in range(self.num_layers)
-    ]
-    kernels, biases = zip(*layers, strict=True)
-    return jnp.stack(kernels), jnp.stack(biases)
-
-
 class StackedRNN(nn.Module):
   """Embedding, `num_layers` recurrent cells scanned over time, dense head.
 
@@ -351,9 +282,6 @@ class StackedRNN(nn.Module):
     forget_bias: added to the LSTM forget gate.
     unroll: time steps per iteration of the scan over the window; a value
       >= T unrolls the window completely.
-    wavefront: run LSTM layers as a wavefront (`lstm_wavefront`): the same
-      results in fewer, larger kernels. Other cells always run layer after
-      layer.
   """
 
   num_classes: int
@@ -362,7 +290,6 @@ class StackedRNN(nn.Module):
   cell: str = 'lstm'
   forget_bias: float = 1.0
   unroll: int = 1
-  wavefront: bool = False
 
   @nn.compact
   def __call__(self, carries, tokens):
@@ -370,21 +297,6 @@ class StackedRNN(nn.Module):
     x = nn.Embed(
       self.num_classes, self.state_size, embedding_init=_GLOROT, name='embed'
     )(tokens)
-    if self.cell == 'lstm' and self.wavefront:
-      kernels, biases = _LSTMStackParams(
-        self.state_size, self.num_layers, name='rnn'
-      )()
-      carries, outputs = lstm_wavefront(
-        kernels, biases, carries, x, self.forget_bias
-      )
-    else:
-      carries, outputs = self._layer_after_layer(carries, x)
-    logits = Affine(
-      self.num_classes, nn.initializers.lecun_normal(), name='head'
-    )(outputs)
-    return carries, logits
-
-  def _layer_after_layer(self, carries, x):
     scan = nn.scan(
       _Layers,
       variable_broadcast='params',
@@ -400,7 +312,10 @@ class StackedRNN(nn.Module):
       self.forget_bias,
       name='rnn',
     )(tuple(carries), x)
-    return carries, outputs
+    logits = Affine(
+      self.num_classes, nn.initializers.lecun_normal(), name='head'
+    )(outputs)
+    return carries, logits
 
   def initial_carries(self, batch_size):
     """Zero state for every layer: a tuple of per-layer carries."""

@@ -146,28 +146,3 @@ def test_hand_written_lstm_backward_matches_autodiff(features):
   )
   for got, want in zip(fast, plain, strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize('num_layers', [1, 3])
-def test_wavefront_lstm_equals_layer_after_layer(num_layers):
-  model, params, carries, tokens = _setup('lstm', num_layers=num_layers)
-  wave = model.clone(wavefront=True)
-  variables = {'params': params}
-  assert jax.tree.structure(
-    jax.jit(wave.init)(jax.random.key(0), carries, tokens)
-  ) == jax.tree.structure(variables)
-
-  def loss(model, params):
-    carries_out, logits = model.apply({'params': params}, carries, tokens)
-    return (logits**2).sum() + sum(
-      (leaf**2).sum() for leaf in jax.tree.leaves(carries_out)
-    )
-
-  value = jax.jit(jax.value_and_grad(loss, 1), static_argnums=0)
-  layered_loss, layered_grads = value(model, params)
-  wave_loss, wave_grads = value(wave, params)
-  np.testing.assert_allclose(wave_loss, layered_loss, rtol=1e-6)
-  for got, want in zip(
-    jax.tree.leaves(wave_grads), jax.tree.leaves(layered_grads), strict=True
-  ):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
