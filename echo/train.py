@@ -11,7 +11,9 @@ checkpoints, evaluates after each epoch and stops when asked to.
 """
 
 import functools
+import importlib
 import os
+import threading
 
 import flax
 import jax
@@ -25,7 +27,6 @@ from echo import data as data_lib
 from echo import evaluate as evaluate_lib
 from echo import metrics as metrics_lib
 from echo import model as model_lib
-from echo import plots as plots_lib
 from echo import progress as progress_lib
 from echo import stop as stop_lib
 from echo import validate as validate_lib
@@ -357,6 +358,11 @@ def train_and_evaluate(config, workdir):
   workdir_lib.prepare(config, workdir)
 
   use_compile_cache(config.compile_cache_dir)
+  # matplotlib takes half a second to import and is needed only for the
+  # pictures at the end: load it meanwhile, while XLA compiles and trains.
+  threading.Thread(
+    target=importlib.import_module, args=('echo.plots',), daemon=True
+  ).start()
   trainer = _Trainer(config)
   num_windows = trainer.windows_per_epoch
   _, _, eval_key = trainer.run_keys(config.seed)
@@ -574,6 +580,8 @@ def _draw(workdir, trainer, evaluation, probabilities):
     evaluation: the evaluation windows (inputs, targets), each `[W, B, T]`.
     probabilities: `[E, T, C]` predicted for row 0 of the first E windows.
   """
+  from echo import plots as plots_lib  # noqa: PLC0415 - loaded meanwhile.
+
   config = trainer.config
   plots_lib.plot_losses(
     os.path.join(workdir, 'loss.png'),
