@@ -13,13 +13,13 @@ with a `sweep` field runs the whole grid instead and writes results.csv,
 losses.npz and plots (see echo/sweep.py).
 """
 
+import json
 import logging as std_logging
 import os
 import re
 import shlex
 import signal
 import sys
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -30,8 +30,8 @@ from echo import workdir as workdir_lib
 _WORKDIR = flags.DEFINE_string(
   'workdir',
   None,
-  "Folder for the run's outputs; default runs/<date>-<time>. A folder that "
-  'holds a run with the same config resumes it.',
+  "Folder for the run's outputs; default a new runs/<date>-<time>. A folder "
+  'that holds a run with the same config resumes it.',
 )
 _FRESH = flags.DEFINE_bool(
   'fresh',
@@ -123,7 +123,6 @@ def _quiet_orbax():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  workdir = _WORKDIR.value or time.strftime('runs/%Y%m%d-%H%M%S')
   try:
     config = _CONFIG.value
     if 'sweep' in config:
@@ -138,23 +137,20 @@ def main(argv):
     sys.exit(f'error: --config: {str(error).strip().splitlines()[-1].strip()}')
   except validate.ConfigError as error:
     sys.exit(f'error: {error}')
-  if 'sweep' in config:
-    logging.info('workdir: %s', workdir)
-    try:
-      sweep.run(config, workdir)
-    except FileExistsError as error:
-      sys.exit(f'error: {error}')
-    return
-  _quiet_orbax()
-  if _FRESH.value:
-    moved = workdir_lib.move_aside(workdir)
-    if moved:
-      logging.info('Moved the run that was in %s to %s', workdir, moved)
-  logging.info('workdir: %s', workdir)
+
+  workdir = _WORKDIR.value
   try:
+    if _FRESH.value and workdir:
+      moved = workdir_lib.move_aside(workdir)
+      if moved:
+        logging.info('Moved the run that was in %s to %s', workdir, moved)
+    workdir = workdir or workdir_lib.new_default()
+    logging.info('workdir: %s', workdir)
+    if 'sweep' in config:
+      sweep.run(config, workdir)
+      return
+    _quiet_orbax()
     result = train.train_and_evaluate(config, workdir)
-  except (workdir_lib.WorkdirError, checkpoint.CheckpointMismatch) as error:
-    sys.exit(f'error: {error}')
   except train.Diverged as error:
     retry = _command(
       sys.argv,
@@ -166,6 +162,19 @@ def main(argv):
       ),
     )
     sys.exit(f'error: {error}, for example: {retry}')
+  except (
+    workdir_lib.WorkdirError,
+    checkpoint.CheckpointMismatch,
+    FileExistsError,
+  ) as error:
+    sys.exit(f'error: {error}')
+  except (OSError, json.JSONDecodeError) as error:
+    # The workdir cannot be made, read or written.
+    sys.exit(f'error: --workdir={workdir}: {error}')
+  except KeyboardInterrupt:
+    # Only a sweep, or a second Ctrl-C, gets here: a run stops cleanly.
+    print(f'Interrupted; nothing more was saved in {workdir}', file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
   stopped_by = result['stopped_by']
   if stopped_by:
     resume = _command(

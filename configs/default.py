@@ -105,6 +105,6 @@ def get_config(preset=None):
     config.checkpoint.every_chunks = 5
   else:
     raise ValueError(
-      f"unknown preset {preset!r}: use none, 'notebook' or 'tiny'"
+      f"unknown preset {preset!r}: use no preset, 'notebook' or 'tiny'"
     )
   return config

@@ -37,7 +37,7 @@ def get_config(preset=None):
   """Returns the sweep for `preset` (None, 'tiny' or 'capacity')."""
   if preset not in (None, 'tiny', 'capacity'):
     raise ValueError(
-      f"unknown preset {preset!r}: use none, 'tiny' or 'capacity'"
+      f"unknown preset {preset!r}: use no preset, 'tiny' or 'capacity'"
     )
   config = default.get_config('tiny' if preset == 'tiny' else None)
 

@@ -436,12 +436,13 @@ def run(config, workdir):
       `config` cannot work.
   """
   validate(config)
-  results_path = os.path.join(workdir, 'results.csv')
-  if os.path.exists(results_path):
-    raise FileExistsError(
-      f'{workdir} already holds a sweep ({results_path}); '
-      'choose another --workdir'
-    )
+  for name in ('results.csv', 'config.json'):
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      raise FileExistsError(
+        f'{workdir} already holds a sweep or a run ({path}); choose another '
+        '--workdir, or move it aside with main.py --fresh'
+      )
   if config.sweep.distributed:
     # TODO: pass coordinator_address, num_processes and process_id from the
     # config, for hosts that no cluster manager JAX detects (SLURM, Open MPI,

@@ -307,7 +307,16 @@ class Diverged(FloatingPointError):
     learning_rate: the learning rate of the run.
   """
 
-  def __init__(self, epoch, window, step, loss, checkpoint_step, learning_rate):
+  def __init__(
+    self,
+    epoch,
+    window,
+    step,
+    loss,
+    checkpoint_step,
+    learning_rate,
+    quantity='loss',
+  ):
     self.epoch, self.window, self.step = epoch, window, step
     self.checkpoint_step = checkpoint_step
     self.learning_rate = learning_rate
@@ -316,8 +325,8 @@ class Diverged(FloatingPointError):
     else:
       kept = f'the newest checkpoint is step {checkpoint_step}'
     super().__init__(
-      f'loss {loss} at epoch {epoch}, window {window} (step {step}); stopped '
-      f'without saving it, {kept}. Try a lower learning rate than '
+      f'{quantity} {loss} at epoch {epoch}, window {window} (step {step}); '
+      f'stopped without saving it, {kept}. Try a lower learning rate than '
       f'config.train.learning_rate={learning_rate:g}'
     )
 
@@ -355,8 +364,17 @@ def train_and_evaluate(config, workdir):
     Diverged: when a loss is NaN or infinite, after the chunk that made it.
   """
   validate_lib.validate(config)
-  workdir_lib.prepare(config, workdir)
+  with workdir_lib.lock(workdir):
+    workdir_lib.prepare(config, workdir)
+    # Signals are turned into a stop request from here on, so one that comes
+    # during start-up, the last checkpoint or the pictures lets the run reach
+    # a clean end instead of killing it half way.
+    with stop_lib.StopSignals() as signals:
+      return _train(config, workdir, signals)
 
+
+def _train(config, workdir, signals):
+  """train_and_evaluate, once the workdir is locked and prepared."""
   use_compile_cache(config.compile_cache_dir)
   # matplotlib takes half a second to import and is needed only for the
   # pictures at the end: load it meanwhile, while XLA compiles and trains.
@@ -394,12 +412,9 @@ def train_and_evaluate(config, workdir):
         directory,
       )
     pace = progress_lib.Pace(config.num_epochs * num_windows - progress.step)
-    with (
-      metrics_lib.MetricsWriter(
-        workdir, progress.metrics_lines, progress.step
-      ) as metrics,
-      stop_lib.StopSignals() as signals,
-    ):
+    with metrics_lib.MetricsWriter(
+      workdir, progress.metrics_lines, progress.step
+    ) as metrics:
       chunks = _chunks(trainer, state, carries, data_key, progress)
       for epoch, start, state, carries, chunk_losses in chunks:
         stop = min(start + trainer.chunk, num_windows)
@@ -414,8 +429,17 @@ def train_and_evaluate(config, workdir):
           trainer, metrics, pace, epoch, start, chunk_losses, learning_rate
         )
         if stop == num_windows:
-          probabilities = _evaluate(
+          probabilities, eval_loss = _evaluate(
             trainer, state.params, evaluation, epoch, metrics
+          )
+          _check_finite(
+            np.array([eval_loss]),
+            epoch,
+            num_windows - 1,
+            trainer,
+            newest,
+            learning_rate,
+            quantity='evaluation loss',
           )
 
         progress = checkpoint_lib.Progress(
@@ -514,13 +538,17 @@ def _log_chunk(trainer, metrics, pace, epoch, start, losses, learning_rate):
   )
 
 
-def _check_finite(losses, epoch, start, trainer, newest, learning_rate):
+def _check_finite(
+  losses, epoch, start, trainer, newest, learning_rate, quantity='loss'
+):
   """Raises Diverged at the first NaN or infinite loss of a chunk."""
   bad = np.flatnonzero(~np.isfinite(losses))
   if bad.size:
     window = start + int(bad[0])
     step = epoch * trainer.windows_per_epoch + window
-    raise Diverged(epoch, window, step, losses[bad[0]], newest, learning_rate)
+    raise Diverged(
+      epoch, window, step, losses[bad[0]], newest, learning_rate, quantity
+    )
 
 
 def _checkpoint_due(trainer, progress):
@@ -549,11 +577,16 @@ def _result(trainer, losses, state, progress, stopped_by):
 def _evaluate(trainer, params, evaluation, epoch, metrics):
   """Scores `params` on the evaluation windows; logs and records it.
 
+  A NaN or infinite loss is returned without being recorded.
+
   Returns:
-    The predicted probabilities for echo.png (see _Trainer._evaluate).
+    (the predicted probabilities for echo.png (see _Trainer._evaluate), the
+    evaluation loss).
   """
   scores, probabilities = trainer.evaluate(params, *evaluation)
   loss, accuracy = float(scores['loss']), float(scores['accuracy'])
+  if not np.isfinite(loss):
+    return probabilities, loss
   logging.info(
     'Evaluation after epoch %d: loss %.6g, accuracy %.4f',
     epoch,
@@ -568,7 +601,7 @@ def _evaluate(trainer, params, evaluation, epoch, metrics):
       'eval_accuracy': accuracy,
     }
   )
-  return probabilities
+  return probabilities, loss
 
 
 def _draw(workdir, trainer, evaluation, probabilities):

@@ -78,9 +78,16 @@ def validate(config):
       f'config.data.series_length={data.series_length} must be >= '
       f'batch_size * truncated_length = {one_window} (one window)'
     )
-  if not config.train.learning_rate > 0:
+  row = data.series_length // one_window * data.truncated_length
+  if data.echo_step >= row:
     raise ConfigError(
-      f'config.train.learning_rate={config.train.learning_rate} must be > 0'
+      f'config.data.echo_step={data.echo_step} must be < {row}, the steps '
+      'in a row of the series (no target could be known)'
+    )
+  if not 0 < config.train.learning_rate < math.inf:
+    raise ConfigError(
+      f'config.train.learning_rate={config.train.learning_rate} must be '
+      'finite and > 0'
     )
   if config.train.initial_accumulator < 0:
     raise ConfigError(

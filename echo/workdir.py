@@ -4,8 +4,9 @@ A workdir that already holds a run is resumed only with the same config, but
 for the fields in `MAY_DIFFER`, which change neither the shapes nor the
 numbers that a run computes:
 
-  num_epochs    extends a finished run, or ends one sooner
-  checkpoint.*  how often checkpoints are saved and how many are kept
+  num_epochs         extends a finished run, or ends one sooner
+  checkpoint.*       how often checkpoints are saved and how many are kept
+  compile_cache_dir  where compiled programs are cached, if at all
 
 Any other difference (seed, mode, data sizes, model, optimizer, learning rate,
 log_every, ...) is refused with the fields listed. `move_aside` keeps the old
@@ -13,6 +14,8 @@ run under another name so that the folder can start afresh (main.py --fresh);
 nothing is ever deleted.
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import time
@@ -23,7 +26,7 @@ from absl import logging
 # TODO: let train.log_every change too. Checkpoints sit on multiples of the
 # old value, and the chunk function cannot yet start a chunk elsewhere, so a
 # new value is refused for now.
-MAY_DIFFER = ('num_epochs', 'checkpoint.')
+MAY_DIFFER = ('num_epochs', 'checkpoint.', 'compile_cache_dir')
 
 
 class WorkdirError(ValueError):
@@ -108,13 +111,66 @@ def prepare(config, workdir):
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 
+@contextlib.contextmanager
+def lock(workdir):
+  """Holds `workdir` for one process: a second one is refused, not mixed in.
+
+  The lock is an flock on WORKDIR/.lock, so the system lets go of it when the
+  process ends, however it ends.
+
+  Raises:
+    WorkdirError: if another process holds the workdir.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, '.lock'), 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'unknown'
+      raise WorkdirError(
+        f'{workdir} is in use by another run (process {holder}); wait for it '
+        'or choose another --workdir'
+      ) from None
+    f.truncate(0)
+    f.write(f'{os.getpid()}\n')
+    f.flush()
+    yield
+
+
+def new_default(parent='runs'):
+  """Makes and returns a new folder PARENT/<date>-<time>[-N], never reused.
+
+  os.mkdir fails on a name that exists, so runs started in the same second,
+  even by two processes at once, get folders of their own.
+  """
+  os.makedirs(parent, exist_ok=True)
+  base = os.path.join(parent, time.strftime('%Y%m%d-%H%M%S'))
+  name, count = base, 1
+  while True:
+    try:
+      os.mkdir(name)
+      return name
+    except FileExistsError:
+      count += 1
+      name = f'{base}-{count}'
+
+
 def move_aside(workdir):
   """Renames a non-empty `workdir` to WORKDIR.old-<date>-<time>[-N].
 
   Returns:
     The new name, or None if there was nothing to move.
+
+  Raises:
+    WorkdirError: if a run is going on in `workdir`, or it is not a folder
+      that can be renamed.
   """
   workdir = os.path.normpath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f'{workdir} is a file, not a run folder')
+  if os.path.abspath(workdir) == os.path.abspath(os.curdir):
+    raise WorkdirError('--fresh cannot move the current folder aside')
   if not os.path.isdir(workdir) or not os.listdir(workdir):
     return None
   base = f'{workdir}.old-{time.strftime("%Y%m%d-%H%M%S")}'
@@ -122,5 +178,6 @@ def move_aside(workdir):
   while os.path.exists(target):
     count += 1
     target = f'{base}-{count}'
-  os.rename(workdir, target)
+  with lock(workdir):  # Never move a run that is going on.
+    os.rename(workdir, target)
   return target

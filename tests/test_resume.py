@@ -96,9 +96,14 @@ def test_which_fields_may_differ():
   requested.num_epochs = 10
   requested.checkpoint.keep = 1
   requested.train.log_every = 5
+  requested.compile_cache_dir = ''
   refused, allowed = workdir.config_changes(saved, requested.to_dict())
   assert refused == [('train.log_every', 10, 5)]
-  assert [field for field, _, _ in allowed] == ['checkpoint.keep', 'num_epochs']
+  assert [field for field, _, _ in allowed] == [
+    'checkpoint.keep',
+    'compile_cache_dir',
+    'num_epochs',
+  ]
 
 
 def _target(config):
@@ -205,3 +210,22 @@ def test_moving_a_run_aside_keeps_it(tmp_path):
   assert first != second and not run.exists()
   assert open(os.path.join(first, 'metrics.jsonl')).read() == '{"step": 0}\n'
   assert open(os.path.join(second, 'metrics.jsonl')).read() == '{"step": 1}\n'
+
+
+def test_a_workdir_in_use_is_refused_and_not_moved(tiny, tmp_path):
+  path = str(tmp_path / 'run')
+  with workdir.lock(path):
+    with pytest.raises(workdir.WorkdirError, match='in use by another run'):
+      train.train_and_evaluate(tiny, path)
+    (tmp_path / 'run' / 'config.json').write_text('{}')
+    with pytest.raises(workdir.WorkdirError, match='in use by another run'):
+      workdir.move_aside(path)
+  assert (tmp_path / 'run' / 'config.json').read_text() == '{}'
+  assert workdir.move_aside(path)  # Once free, it moves.
+
+
+def test_default_workdirs_are_never_shared(tmp_path):
+  parent = str(tmp_path / 'runs')
+  names = {workdir.new_default(parent) for _ in range(3)}
+  assert len(names) == 3
+  assert all(os.path.isdir(name) for name in names)

@@ -238,3 +238,11 @@ def test_main_names_a_bad_sweep_field_before_compiling(tmp_path):
   line = done.stderr.strip().splitlines()[-1]
   assert line == 'error: config.sweep.num_seeds=0 must be an integer >= 1'
   assert not (tmp_path / 'sweep').exists()
+
+
+def test_a_sweep_never_writes_into_a_run(tmp_path):
+  (tmp_path / 'config.json').write_text('{"seed": 0}\n')
+  with pytest.raises(FileExistsError, match='already holds a sweep or a run'):
+    sweep.run(sweep_configs.get_config('tiny'), str(tmp_path))
+  assert (tmp_path / 'config.json').read_text() == '{"seed": 0}\n'
+  assert sorted(os.listdir(tmp_path)) == ['config.json']

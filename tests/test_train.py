@@ -78,6 +78,8 @@ def test_every_cell_trains(tiny, tmp_path, cell):
     ('train.optimizer', 'lbfgs', "'adagrad', 'adam'"),
     ('mode', 'both', "'carry', 'reset'"),
     ('train.learning_rate', 0.0, '> 0'),
+    ('train.learning_rate', float('inf'), 'finite and > 0'),
+    ('data.echo_step', 400, 'steps in a row'),
     ('checkpoint.every_chunks', 0, 'integer >= 1'),
   ],
 )
@@ -126,3 +128,13 @@ def test_fast_lstm_paths_leave_the_loss_curve_unchanged(
   # first 100 windows agree within 1e-6, the whole run within 1e-5.
   np.testing.assert_allclose(fast[:2], plain[:2], rtol=0, atol=1e-6)
   np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-5)
+
+
+def test_an_infinite_evaluation_loss_stops_the_run(tiny, tmp_path):
+  # Training losses stay finite (about 1e35) but the evaluation overflows.
+  tiny.train.optimizer = 'sgd'
+  tiny.train.learning_rate = 3e36
+  with pytest.raises(train.Diverged, match='evaluation loss inf at epoch 0'):
+    _run(tiny, tmp_path)
+  metrics = (tmp_path / 'run' / 'metrics.jsonl').read_text()
+  assert 'Infinity' not in metrics and 'eval_loss' not in metrics
