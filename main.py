@@ -168,6 +168,14 @@ def main(argv):
     FileExistsError,
   ) as error:
     sys.exit(f'error: {error}')
+  except checkpoint.CheckpointUnreadable as error:
+    print(f'error: {error}', file=sys.stderr, flush=True)
+    # Reads of the damaged files still in flight go on failing in
+    # tensorstore's threads, each printing a traceback: silence them.
+    # TODO: a few of those tracebacks can still come before this line; only
+    # reading checkpoints in orbax without concurrent reads would stop them.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    sys.exit(1)
   except (OSError, json.JSONDecodeError) as error:
     # The workdir cannot be made, read or written.
     sys.exit(f'error: --workdir={workdir}: {error}')

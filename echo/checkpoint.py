@@ -15,6 +15,7 @@ Any leaf whose path, shape or dtype differs from the saved one is an error,
 never a partial load: orbax alone would pad or cut an array of another shape.
 """
 
+import contextlib
 import dataclasses
 import os
 
@@ -25,6 +26,10 @@ import orbax.checkpoint as ocp
 
 class CheckpointMismatch(ValueError):
   """A saved checkpoint does not fit the arrays the current config builds."""
+
+
+class CheckpointUnreadable(ValueError):
+  """A saved checkpoint is damaged: its files are missing or cut short."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +111,15 @@ class Checkpoints:
     Raises:
       CheckpointMismatch: if any leaf of `target` differs from the saved one
         in path, shape or dtype.
+      CheckpointUnreadable: if the checkpoint's files cannot be read.
     """
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    saved = self._manager.item_metadata(step)['train']
+    with self._readable(step):
+      saved = self._manager.item_metadata(step)['train']
+      if saved is None:
+        raise FileNotFoundError('its array metadata is missing')
     differences = _differences(saved.tree, target)
     if differences:
       shown = '; '.join(differences[:4])
@@ -122,17 +131,39 @@ class Checkpoints:
     abstract = jax.tree.map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), target
     )
-    restored = self._manager.restore(
-      step,
-      args=ocp.args.Composite(
-        train=ocp.args.StandardRestore(abstract),
-        progress=ocp.args.JsonRestore(),
-      ),
-    )
+    with self._readable(step):
+      restored = self._manager.restore(
+        step,
+        args=ocp.args.Composite(
+          train=ocp.args.StandardRestore(abstract),
+          progress=ocp.args.JsonRestore(),
+        ),
+      )
     return (
       jax.device_put(restored['train']),
       Progress(**restored['progress']),
     )
+
+  @contextlib.contextmanager
+  def _readable(self, step):
+    """Turns any failure to read checkpoint `step` into CheckpointUnreadable."""
+    try:
+      yield
+    except Exception as error:  # noqa: BLE001 - orbax and tensorstore raise many kinds.
+      lines = str(error).strip().splitlines() or [type(error).__name__]
+      reason = lines[0] if len(lines[0]) <= 160 else lines[0][:157] + '...'
+      earlier = [s for s in self._manager.all_steps() if s < step]
+      where = os.path.join(self.directory, str(step))
+      advice = (
+        f'move {where} out of the workdir to resume from checkpoint '
+        f'{max(earlier)}'
+        if earlier
+        else f'move {where} out of the workdir to start again from step 0'
+      )
+      raise CheckpointUnreadable(
+        f'checkpoint {step} in {self.directory} cannot be read ({reason}); '
+        f'{advice}, or add --fresh to start over with the old run kept aside'
+      ) from error
 
 
 def _by_path(tree):

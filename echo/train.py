@@ -402,6 +402,9 @@ def _train(config, workdir, signals):
         _draw(workdir, trainer, evaluation, probabilities)
       return _result(trainer, losses, state, progress, stopped_by)
 
+    # Written once the saved run is known to be readable and not yet done,
+    # so neither a failed start nor a shorter request rewrites its record.
+    workdir_lib.write_config(config, workdir)
     newest = saves.latest_step()
     if newest is not None:
       logging.info(

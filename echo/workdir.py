@@ -74,7 +74,10 @@ def config_changes(saved, requested):
 
 
 def prepare(config, workdir):
-  """Makes `workdir` ready for `config`, and writes its config.json.
+  """Makes `workdir` ready for `config`; `write_config` then records it.
+
+  Nothing in an existing workdir is changed here, so a run that fails to
+  start leaves the saved one as it was.
 
   Raises:
     WorkdirError: if `workdir` holds a run whose config differs in a field
@@ -107,7 +110,11 @@ def prepare(config, workdir):
       'choose another --workdir, or move it aside with main.py --fresh'
     )
   os.makedirs(workdir, exist_ok=True)
-  with open(path, 'w') as f:
+
+
+def write_config(config, workdir):
+  """Writes config.json: the config of the run that `workdir` now holds."""
+  with open(config_path(workdir), 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
 
 

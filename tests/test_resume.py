@@ -22,6 +22,17 @@ def _assert_same_curves(workdir, reference):
     )
 
 
+def _files(run):
+  """{path relative to `run`: bytes} of every file in `run`."""
+  found = {}
+  for folder, _, names in os.walk(run):
+    for name in names:
+      path = os.path.join(folder, name)
+      with open(path, 'rb') as f:
+        found[os.path.relpath(path, run)] = f.read()
+  return found
+
+
 def test_a_run_killed_after_a_checkpoint_goes_on_as_if_never_stopped(
   finished, tmp_path
 ):
@@ -63,13 +74,16 @@ def test_more_epochs_extend_a_finished_run(finished, tmp_path):
   _assert_same_curves(run, finished['workdir'])
 
 
-def test_a_complete_run_is_not_trained_again(finished, tmp_path):
+@pytest.mark.parametrize('num_epochs', [4, 2])
+def test_a_complete_run_is_not_trained_again(finished, tmp_path, num_epochs):
   run = finished['copy_to'](tmp_path / 'run')
-  before = open(os.path.join(run, 'metrics.jsonl')).read()
-  result = train.train_and_evaluate(finished_config(), run)
+  before = _files(run)
+  config = finished_config()
+  config.num_epochs = num_epochs  # 2: fewer than it holds, still untouched.
+  result = train.train_and_evaluate(config, run)
   assert result['progress'].epoch == 4 and result['stopped_by'] is None
   assert result['traces'] == 0 and np.isnan(result['losses']).all()
-  assert open(os.path.join(run, 'metrics.jsonl')).read() == before
+  assert _files(run) == before
 
 
 def test_a_different_config_is_refused_with_the_fields_listed(
@@ -131,6 +145,40 @@ def test_a_checkpoint_that_does_not_fit_is_an_error_not_a_partial_load(
     with pytest.raises(checkpoint.CheckpointMismatch) as error:
       saves.restore(_target(config))
   assert leaf in str(error.value)
+
+
+@pytest.mark.parametrize('damage', ['arrays cut short', 'metadata missing'])
+def test_a_damaged_checkpoint_is_named_and_an_earlier_one_resumes(
+  finished, tmp_path, damage
+):
+  run = finished['copy_to'](tmp_path / 'run')
+  saves = os.path.join(run, 'checkpoints')
+  steps = sorted(int(step) for step in os.listdir(saves))
+  newest = os.path.join(saves, str(steps[-1]), 'train')
+  for folder, _, names in os.walk(newest):
+    for name in names:
+      path = os.path.join(folder, name)
+      if damage == 'metadata missing' and name == '_METADATA':
+        os.remove(path)
+      elif damage == 'arrays cut short' and os.path.basename(folder) == 'd':
+        open(path, 'w').close()
+  config = finished_config()
+  config.num_epochs = 5  # Unfinished, so the run reads its newest checkpoint.
+  before = _files(run)
+
+  with pytest.raises(checkpoint.CheckpointUnreadable) as error:
+    train.train_and_evaluate(config, run)
+  message = str(error.value)
+  assert '\n' not in message
+  assert f'checkpoint {steps[-1]} in {saves} cannot be read' in message
+  assert f'to resume from checkpoint {steps[-2]}' in message
+  assert _files(run) == before  # Nothing saved was changed or lost.
+
+  shutil.move(os.path.join(saves, str(steps[-1])), tmp_path / 'damaged')
+  config.num_epochs = 4
+  result = train.train_and_evaluate(config, run)
+  assert result['progress'].step == steps[-1]
+  _assert_same_curves(run, finished['workdir'])
 
 
 def test_a_config_json_that_lies_still_cannot_load_another_shape(
