@@ -20,6 +20,7 @@ from the pieces `echo.train.train_and_evaluate` uses, in the same order: each
 member equals the run main.py makes alone with the member's values.
 """
 
+import contextlib
 import csv
 import itertools
 import os
@@ -37,6 +38,7 @@ from echo import evaluate as evaluate_lib
 from echo import sweep_plot
 from echo import train as train_lib
 from echo import validate as validate_lib
+from echo import workdir as workdir_lib
 
 # Structural axes: field of config.sweep -> the run config field it sets.
 STRUCTURAL_AXES = {
@@ -434,26 +436,34 @@ def run(config, workdir):
   Raises:
     ConfigError: before anything is compiled or written, if a field of
       `config` cannot work.
+    WorkdirError: if another process holds `workdir`.
+    FileExistsError: if `workdir` already holds a sweep or a run.
   """
   validate(config)
-  for name in ('results.csv', 'config.json'):
-    path = os.path.join(workdir, name)
-    if os.path.exists(path):
-      raise FileExistsError(
-        f'{workdir} already holds a sweep or a run ({path}); choose another '
-        '--workdir, or move it aside with main.py --fresh'
-      )
   if config.sweep.distributed:
     # TODO: pass coordinator_address, num_processes and process_id from the
     # config, for hosts that no cluster manager JAX detects (SLURM, Open MPI,
     # Kubernetes, Cloud TPU) starts; without them those hosts cannot join.
     jax.distributed.initialize()
   writes = jax.process_index() == 0
-  if writes:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  # The writer holds the workdir, so two sweeps started together cannot both
+  # find it empty and write into each other's results.
+  with workdir_lib.lock(workdir) if writes else contextlib.nullcontext():
+    for name in ('results.csv', 'config.json'):
+      path = os.path.join(workdir, name)
+      if os.path.exists(path):
+        raise FileExistsError(
+          f'{workdir} already holds a sweep or a run ({path}); choose another '
+          '--workdir, or move it aside with main.py --fresh'
+        )
+    if writes:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    return _sweep(config, workdir, writes)
 
+
+def _sweep(config, workdir, writes):
+  """run, once `workdir` is held and its config.json written."""
   train_lib.use_compile_cache(config.compile_cache_dir)
   mesh = member_mesh()
   run_configs = list(combinations(config))

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 
 from configs import sweep as sweep_configs
-from echo import data, evaluate, sweep, train, validate
+from echo import data, evaluate, sweep, train, validate, workdir
 
 # The grid the tests share: 3 seeds x 2 learning rates x 2 state sizes, so
 # 2 compiled programs of 6 members (padded to 8 on 4 devices).
@@ -245,4 +245,11 @@ def test_a_sweep_never_writes_into_a_run(tmp_path):
   with pytest.raises(FileExistsError, match='already holds a sweep or a run'):
     sweep.run(sweep_configs.get_config('tiny'), str(tmp_path))
   assert (tmp_path / 'config.json').read_text() == '{"seed": 0}\n'
-  assert sorted(os.listdir(tmp_path)) == ['config.json']
+  assert sorted(os.listdir(tmp_path)) == ['.lock', 'config.json']
+
+
+def test_a_sweep_is_refused_a_workdir_in_use(tmp_path):
+  with workdir.lock(str(tmp_path)):
+    with pytest.raises(workdir.WorkdirError, match='in use by another run'):
+      sweep.run(sweep_configs.get_config('tiny'), str(tmp_path))
+  assert os.listdir(tmp_path) == ['.lock']
