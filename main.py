@@ -109,15 +109,18 @@ def _command(argv, drop, add):
   return shlex.join(['python', argv[0], *kept, *add])
 
 
-def _quiet_orbax():
+def _quiet_libraries():
   # Orbax logs several INFO lines per checkpoint, which would bury the
-  # progress lines; its warnings and errors still show.
-  logging.get_absl_handler().addFilter(
-    lambda record: (
-      record.levelno >= std_logging.WARNING
-      or f'{os.sep}orbax{os.sep}' not in record.pathname
-    )
-  )
+  # progress lines, and JAX one per accelerator kind it looks for and does
+  # not find; warnings and errors still show.
+  def keep(record):
+    if record.levelno >= std_logging.WARNING:
+      return True
+    if f'{os.sep}orbax{os.sep}' in record.pathname:
+      return False
+    return not record.getMessage().startswith('Unable to initialize backend')
+
+  logging.get_absl_handler().addFilter(keep)
 
 
 def main(argv):
@@ -146,10 +149,10 @@ def main(argv):
         logging.info('Moved the run that was in %s to %s', workdir, moved)
     workdir = workdir or workdir_lib.new_default()
     logging.info('workdir: %s', workdir)
+    _quiet_libraries()
     if 'sweep' in config:
       sweep.run(config, workdir)
       return
-    _quiet_orbax()
     result = train.train_and_evaluate(config, workdir)
   except train.Diverged as error:
     retry = _command(

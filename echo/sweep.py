@@ -462,6 +462,11 @@ def run(config, workdir):
     return _sweep(config, workdir, writes)
 
 
+def _count(number, noun):
+  """'1 device', '4 devices'."""
+  return f'{number} {noun}' + ('' if number == 1 else 's')
+
+
 def _sweep(config, workdir, writes):
   """run, once `workdir` is held and its config.json written."""
   train_lib.use_compile_cache(config.compile_cache_dir)
@@ -475,13 +480,13 @@ def _sweep(config, workdir, writes):
     curves.append(outputs['losses'])
     traces.append(timing['traces'])
     logging.info(
-      'Combination %d of %d (%s): %d members on %d devices, compiled in '
-      '%.1f s, trained in %.1f s',
+      'Combination %d of %d (%s): %s on %s, compiled in %.1f s, trained in '
+      '%.1f s',
       index + 1,
       len(run_configs),
       _describe(run_config, STRUCTURAL_AXES.values()),
-      len(member_values),
-      mesh.size,
+      _count(len(member_values), 'member'),
+      _count(mesh.size, 'device'),
       timing['compile_s'],
       timing['run_s'],
     )
