@@ -140,6 +140,10 @@ def main(argv):
     sys.exit(f'error: --config: {str(error).strip().splitlines()[-1].strip()}')
   except validate.ConfigError as error:
     sys.exit(f'error: {error}')
+  # Before anything computes: XLA's CPU client reads it once, at its start.
+  train.use_cpu_threads(
+    (sweep.cpu_threads if 'sweep' in config else train.cpu_threads)(config)
+  )
 
   workdir = _WORKDIR.value
   try:

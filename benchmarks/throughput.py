@@ -58,6 +58,7 @@ from echo import train
 imported = time.perf_counter()
 config = default.get_config()
 config.compile_cache_dir = {cache!r}
+train.use_cpu_threads(train.cpu_threads(config))  # As main.py does.
 train.use_compile_cache(config.compile_cache_dir)
 trainer = train._Trainer(config)
 init_key, data_key, _ = trainer.run_keys(config.seed)

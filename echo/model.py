@@ -244,6 +244,13 @@ def cell_param_count(cell, input_size, features):
   return {'lstm': 4, 'gru': 3, 'simple': 1}[cell] * affine
 
 
+def kernels_are_small(num_classes, state_size, cell):
+  """Whether every kernel of StackedRNN goes through the fused small matmul."""
+  widest = {'lstm': 4, 'gru': 2, 'simple': 1}[cell] * state_size
+  largest = max(2 * state_size * widest, state_size * num_classes)
+  return largest <= SMALL_KERNEL
+
+
 def param_count(num_classes, state_size, num_layers, cell):
   """Parameters of StackedRNN: embedding, every layer, dense head."""
   embedding = num_classes * state_size

@@ -140,6 +140,13 @@ def combinations(config):
     yield member_config(config, values)
 
 
+def cpu_threads(config):
+  """echo.train.cpu_threads for the whole grid: a count only if every
+  combination asks for the same one, else None (every core)."""
+  counts = {train_lib.cpu_threads(run) for run in combinations(config)}
+  return counts.pop() if len(counts) == 1 else None
+
+
 def members(config):
   """The vmapped values of every member of one combination, in grid order.
 

@@ -184,6 +184,32 @@ def use_compile_cache(directory):
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
+def cpu_threads(config):
+  """Threads for XLA's CPU backend: `config.cpu_threads`, or if that is 0,
+  1 for a model of small kernels only and None (every core) otherwise."""
+  if config.cpu_threads:
+    return config.cpu_threads
+  small = model_lib.kernels_are_small(
+    config.data.num_classes, config.model.state_size, config.model.cell
+  )
+  return 1 if small else None
+
+
+def use_cpu_threads(threads):
+  """Runs XLA's CPU programs on `threads` threads (None: every core).
+
+  Takes effect only before JAX first computes in the process: its CPU client
+  reads the count from $PJRT_NPROC when it starts. A value the user already
+  set there wins.
+
+  Returns:
+    The thread count in force from then on, or None for every core.
+  """
+  if threads and 'PJRT_NPROC' not in os.environ:
+    os.environ['PJRT_NPROC'] = str(threads)
+  return int(os.environ['PJRT_NPROC']) if 'PJRT_NPROC' in os.environ else None
+
+
 class _Trainer:
   """Compiled pieces of one run, built once from its config."""
 

@@ -94,6 +94,10 @@ def validate(config):
       'config.train.initial_accumulator='
       f'{config.train.initial_accumulator} must be >= 0'
     )
+  if config.cpu_threads < 0:
+    raise ConfigError(
+      f'config.cpu_threads={config.cpu_threads} must be >= 0 (0 chooses)'
+    )
 
 
 def _axis(config, path, what, allowed):

@@ -146,3 +146,32 @@ def test_hand_written_lstm_backward_matches_autodiff(features):
   )
   for got, want in zip(fast, plain, strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  'num_classes, state_size, cell',
+  [
+    (2, 4, 'lstm'),
+    (2, 8, 'lstm'),  # Gate kernel 16 x 32: exactly the limit.
+    (2, 9, 'lstm'),
+    (300, 4, 'lstm'),  # The head, 4 x 300, is over it.
+    (2, 11, 'gru'),
+    (2, 12, 'gru'),
+    (2, 16, 'simple'),
+    (2, 17, 'simple'),
+  ],
+)
+def test_kernels_are_small_says_whether_any_library_matmul_is_left(
+  num_classes, state_size, cell
+):
+  model = model_lib.StackedRNN(num_classes, state_size, 2, cell=cell)
+  carries = model.initial_carries(3)
+  tokens = jnp.zeros((3, 5), jnp.int32)
+  params = jax.eval_shape(model.init, jax.random.key(0), carries, tokens)
+
+  def loss(params):
+    return model.apply(params, carries, tokens)[1].sum()
+
+  program = jax.jit(jax.grad(loss)).lower(params).as_text()
+  small = model_lib.kernels_are_small(num_classes, state_size, cell)
+  assert small == ('dot_general' not in program)

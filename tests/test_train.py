@@ -81,6 +81,7 @@ def test_every_cell_trains(tiny, tmp_path, cell):
     ('train.learning_rate', float('inf'), 'finite and > 0'),
     ('data.echo_step', 400, 'steps in a row'),
     ('checkpoint.every_chunks', 0, 'integer >= 1'),
+    ('cpu_threads', -1, '>= 0'),
   ],
 )
 def test_a_config_that_cannot_work_fails_before_anything_is_written(
