@@ -21,11 +21,11 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default  # noqa: E402
-from echo import sweep  # noqa: E402
+from echo import sweep, train  # noqa: E402
 
 _SEEDS = flags.DEFINE_integer('seeds', 64, 'Seeds in the large sweep.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls; the best counts.')
-# TODO: on a CPU, 64 members take about 16x the time of 1 (see
+# TODO: on a 2-core CPU, 64 members take about 35x the time of 1 (see
 # benchmarks/README.md for what was tried); the 2x goal is still unmeasured
 # on a GPU, where one seed leaves the device idle.
 _GOAL = 2.0
@@ -55,6 +55,7 @@ def _measure(config, num_seeds):
 def main(_):
   logging.set_verbosity(logging.WARNING)
   config = default.get_config()
+  train.use_cpu_threads(train.cpu_threads(config))  # As main.py does.
   devices = jax.devices()
   rows = [(n, *_measure(config, n)) for n in (1, _SEEDS.value)]
   (_, _, one), (_, _, many) = rows

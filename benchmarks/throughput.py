@@ -16,8 +16,9 @@ spread (min-max):
 
 The PyTorch reference (seed_torch.py, from the project's anchors folder
 `../shared/anchors` or --anchors) runs in the same invocation when a Python
-with torch is found (--torch_python, or $ECHO_TORCH_PYTHON); otherwise the
-table says so.
+with torch is found (--torch_python, or $ECHO_TORCH_PYTHON); so does the
+hand-written C loop (floor.c, same folder) when gcc can build it. Where one
+cannot run, the table says why.
 """
 
 import json
@@ -146,6 +147,38 @@ def _torch(repeats):
   return steady, whole
 
 
+def _c_loop(repeats):
+  """Steady us per window of the anchors' C loop, or why it did not run."""
+  source = os.path.join(_ANCHORS.value, 'floor.c')
+  if not os.path.exists(source):
+    return f'{source} not found'
+  if not shutil.which('gcc'):
+    return 'no gcc to build floor.c'
+  folder = tempfile.mkdtemp(prefix='echo-floor-')
+  binary = os.path.join(folder, 'floor')
+  try:
+    subprocess.run(
+      ['gcc', '-O3', '-march=native', '-ffast-math', '-o', binary, source]
+      + ['-lm'],
+      capture_output=True,
+      check=True,
+    )
+    steady = []
+    for _ in range(repeats):
+      done = subprocess.run(
+        [binary], capture_output=True, text=True, check=True
+      )
+      line = done.stdout.strip().splitlines()[-1]
+      steady.append(
+        json.loads(line.removeprefix('RESULT '))['steady_us_per_batch']
+      )
+    return steady
+  except subprocess.CalledProcessError as error:
+    return f'floor.c failed: {error}'
+  finally:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def _figure(values, digits):
   if not values:
     return 'n/a'
@@ -182,38 +215,55 @@ def main(argv):
   imports = [c['import_s'] for c in children]
 
   torch = _torch(repeats)
+  c_loop = _c_loop(repeats)
   rows = [
-    ('steady us/window', _figure(steady, 1)),
-    ('compile s (cold cache)', _figure(compiles, 2)),
-    ('import s', _figure(imports, 2)),
-    ('first window s after import (warm)', _figure(first_window, 2)),
-    ('whole process s (warm cache)', _figure(warm, 2)),
-    ('whole process s (cold cache)', _figure(cold, 2)),
+    ('steady us/window', steady, 1),
+    ('compile s (cold cache)', compiles, 2),
+    ('import s', imports, 2),
+    ('first window s after import (warm)', first_window, 2),
+    ('whole process s (warm cache)', warm, 2),
+    ('whole process s (cold cache)', cold, 2),
   ]
+  # Reference figures beside ours: {reference: {row name: values}}.
+  references = {}
+  if not isinstance(torch, str):
+    torch_steady, torch_whole = torch
+    references['PyTorch'] = {
+      'steady us/window': torch_steady,
+      'whole process s (warm cache)': torch_whole,
+      'whole process s (cold cache)': torch_whole,
+    }
+  if not isinstance(c_loop, str):
+    references['C loop'] = {'steady us/window': c_loop}
   print(f'echo, default config, medians of {repeats} (min-max)\n')
-  print('| figure | echo | PyTorch reference | ratio |')
-  print('|---|---|---|---|')
-  if isinstance(torch, str):
-    for name, value in rows:
-      print(f'| {name} | {value} | not run | |')
-    print(f'\nPyTorch reference not run: {torch}')
-    return
-  torch_steady, torch_whole = torch
-  references = {
-    'steady us/window': (torch_steady, statistics.median(steady), 1),
-    'whole process s (warm cache)': (torch_whole, statistics.median(warm), 2),
-    'whole process s (cold cache)': (torch_whole, statistics.median(cold), 2),
-  }
-  for name, value in rows:
-    if name in references:
-      values, ours, digits = references[name]
-      theirs = statistics.median(values)
-      print(
-        f'| {name} | {value} | {_figure(values, digits)} | '
-        f'{ours / theirs:.3f}x ({theirs / ours:.1f}x faster) |'
-      )
-    else:
-      print(f'| {name} | {value} | | |')
+  header = ['figure', 'echo']
+  for name in references:
+    header += [name, 'ratio']
+  print('| ' + ' | '.join(header) + ' |')
+  print('|' + '---|' * len(header))
+  for name, values, digits in rows:
+    cells = [name, _figure(values, digits)]
+    for figures in references.values():
+      if name not in figures:
+        cells += ['', '']
+        continue
+      ours = statistics.median(values)
+      theirs = statistics.median(figures[name])
+      faster = theirs / ours
+      cells += [
+        _figure(figures[name], digits),
+        f'{ours / theirs:.3f}x ('
+        + (
+          f'{faster:.1f}x faster'
+          if faster >= 1
+          else f'{1 / faster:.1f}x slower'
+        )
+        + ')',
+      ]
+    print('| ' + ' | '.join(cells) + ' |')
+  for name, reason in (('PyTorch reference', torch), ('C loop', c_loop)):
+    if isinstance(reason, str):
+      print(f'\n{name} not run: {reason}')
 
 
 if __name__ == '__main__':
