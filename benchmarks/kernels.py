@@ -56,13 +56,14 @@ def _count(name, computations, trip_counts, weight, totals):
 
 def window_kernels(config):
   trainer = train._Trainer(config)
-  init_key, data_key, _ = trainer.run_keys(config.seed)
-  state = trainer.create_state(init_key)
+  state, data_key, _ = trainer.start(config.seed)
   inputs, targets = trainer.epoch_windows(data_key, 0)
   carries = trainer.model.initial_carries(config.data.batch_size)
-  compiled = trainer.train_chunk.lower(
-    state, carries, inputs, targets, 0
-  ).compile()
+  compiled = (
+    jax.jit(trainer._train_chunk)
+    .lower(state, carries, inputs, targets, 0)
+    .compile()
+  )
   text = compiled.as_text()
   computations = _computations(text)
   entry = re.search(r'ENTRY (%\S+) ', text)[1]

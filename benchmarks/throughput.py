@@ -60,10 +60,8 @@ imported = time.perf_counter()
 config = default.get_config()
 config.compile_cache_dir = {cache!r}
 train.use_cpu_threads(train.cpu_threads(config))  # As main.py does.
-train.use_compile_cache(config.compile_cache_dir)
 trainer = train._Trainer(config)
-init_key, data_key, _ = trainer.run_keys(config.seed)
-state = trainer.create_state(init_key)
+state, data_key, _ = trainer.start(config.seed)
 inputs, targets = trainer.epoch_windows(data_key, 0)
 carries = trainer.model.initial_carries(config.data.batch_size)
 state, carries, losses = trainer.train_chunk(

@@ -37,8 +37,10 @@ def get_config(preset=None):
   # 'reset': every window starts from zero state, and the first `echo_step`
   #   targets of every window are set to 0 (the notebook's procedure).
   config.mode = 'carry'
-  # JAX's persistent compilation cache: a second run of the same config
-  # compiles nothing. '' turns it off.
+  # Compiled programs kept between runs, so that a second run of the same
+  # config neither traces nor compiles: a run's own under programs/ (see
+  # echo/programs.py), a sweep's in JAX's compilation cache under xla/.
+  # '' turns both off.
   config.compile_cache_dir = os.path.join(
     os.environ.get('XDG_CACHE_HOME', '~/.cache'), 'echo', 'jax'
   )
@@ -77,6 +79,7 @@ def get_config(preset=None):
   config.train = ml_collections.ConfigDict()
   # An optax optimizer: 'adagrad', 'adam', 'rmsprop' or 'sgd'.
   config.train.optimizer = 'adagrad'
+  # Step size of the optimizer (the notebook's 0.3 for Adagrad).
   config.train.learning_rate = 0.3
   # Adagrad's starting sum of squares (TF1's default, so 0.3 means the same).
   config.train.initial_accumulator = 0.1

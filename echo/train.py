@@ -12,6 +12,7 @@ checkpoints, evaluates after each epoch and stops when asked to.
 
 import functools
 import importlib
+import json
 import os
 import threading
 
@@ -27,6 +28,7 @@ from echo import data as data_lib
 from echo import evaluate as evaluate_lib
 from echo import metrics as metrics_lib
 from echo import model as model_lib
+from echo import programs as programs_lib
 from echo import progress as progress_lib
 from echo import stop as stop_lib
 from echo import validate as validate_lib
@@ -155,6 +157,11 @@ def train_windows(model, optimizer, mode, state, carries, inputs, targets):
   return state, carries, losses
 
 
+def checkpoint_arrays(state, data_key, carries):
+  """The arrays a checkpoint holds: TrainState, raw data key, carries."""
+  return {'state': state, 'carries': carries, 'data_key': data_key}
+
+
 def run_keys(seed):
   """(init_key, data_key, eval_key) of a run: parameters, training data,
   and the held-out evaluation series."""
@@ -211,7 +218,12 @@ def use_cpu_threads(threads):
 
 
 class _Trainer:
-  """Compiled pieces of one run, built once from its config."""
+  """Compiled pieces of one run, built once from its config.
+
+  Each is a `programs.SavedProgram`: with `config.compile_cache_dir` set, a
+  second run of the same config reads its traced programs from there instead
+  of tracing them again.
+  """
 
   def __init__(self, config):
     self.config = config
@@ -219,31 +231,73 @@ class _Trainer:
     self.optimizer = make_optimizer(config.train)
     self.windows_per_epoch = data_lib.num_windows(config.data)
     self.chunk = min(config.train.log_every, self.windows_per_epoch)
+    # Times the chunk and the evaluation programs were made (traced, or read
+    # from disk): once each per run.
     self.traces = 0
-    # Jitted even where tiny: each eager op would compile a program of its own.
-    self.run_keys = jax.jit(run_keys)
-    self.create_state = jax.jit(
-      functools.partial(
-        create_state,
-        model=self.model,
-        optimizer=self.optimizer,
-        batch_size=config.data.batch_size,
-        truncated_length=config.data.truncated_length,
-      )
-    )
-    self.epoch_windows = jax.jit(self._epoch_windows)
-    self.train_chunk = jax.jit(self._train_chunk, donate_argnums=(0, 1))
     self.eval_traces = 0
-    self.evaluate = jax.jit(self._evaluate)
+    self.start = self._program(self._start, 'start')
+    self.epoch_windows = self._program(self._epoch_windows, 'epoch_windows')
+    self.train_chunk = self._program(
+      self._train_chunk,
+      'train_chunk',
+      donate_argnums=(0, 1),
+      on_build=self._count_trace,
+    )
+    self.evaluate = self._program(
+      self._evaluate, 'evaluate', on_build=self._count_eval_trace
+    )
+
+  def _program(self, fun, name, donate_argnums=(), on_build=None):
+    config = self.config
+    directory = config.compile_cache_dir and os.path.join(
+      config.compile_cache_dir, 'programs'
+    )
+    # What the programs compute depends on the config, but not on the fields
+    # that only say which run this is or how it is kept.
+    description = config.copy_and_resolve_references().to_dict()
+    for field in ('seed', 'num_epochs', 'checkpoint'):
+      description.pop(field)
+    return programs_lib.SavedProgram(
+      fun,
+      name,
+      json.dumps(description, sort_keys=True),
+      directory,
+      donate_argnums=donate_argnums,
+      on_build=on_build,
+    )
+
+  def _count_trace(self):
+    self.traces += 1
+
+  def _count_eval_trace(self):
+    self.eval_traces += 1
+
+  def _start(self, seed):
+    """(initial TrainState, raw data key, evaluation windows) of a run.
+
+    The raw data key (`jax.random.key_data`) is what `epoch_windows` takes
+    and what checkpoints keep.
+    """
+    config = self.config
+    init_key, data_key, eval_key = run_keys(seed)
+    state = create_state(
+      init_key,
+      self.model,
+      self.optimizer,
+      config.data.batch_size,
+      config.data.truncated_length,
+    )
+    evaluation = data_lib.make_windows(eval_key, config.data, config.mode)
+    return state, jax.random.key_data(data_key), evaluation
 
   def _evaluate(self, params, inputs, targets):
     """Scores `params` on windows `[W, B, T]` (see echo.evaluate).
 
     Returns:
-      (dict of scalars `loss` and `accuracy`, the predicted probabilities
-      `[E, T, C]` of row 0 in the first E windows, for echo.png).
+      (dict of scalars `loss` and `accuracy`, what echo.png shows of row 0 in
+      the first E windows: a dict of `inputs` and `targets` `[E, T]`, the
+      predicted `probabilities` `[E, T, C]` and `knowable` `[E, T]`).
     """
-    self.eval_traces += 1
     config = self.config
     scores = evaluate_lib.evaluate(
       self.model,
@@ -256,16 +310,25 @@ class _Trainer:
     logits = evaluate_lib.predict(
       self.model, params, inputs[:_ECHO_WINDOWS], config.mode
     )
-    return scores, jax.nn.softmax(logits[:, 0])
+    num_windows, _, steps = logits.shape[:3]
+    knowable = data_lib.knowable(
+      num_windows * steps, steps, config.data.echo_step, config.mode
+    )
+    picture = {
+      'inputs': inputs[:num_windows, 0],
+      'targets': targets[:num_windows, 0],
+      'probabilities': jax.nn.softmax(logits[:, 0]),
+      'knowable': knowable.reshape(num_windows, steps),
+    }
+    return scores, picture
 
-  def checkpoint_target(self, init_key, data_key):
+  def checkpoint_target(self):
     """Shapes and dtypes of what a checkpoint holds, from this config."""
     return jax.eval_shape(
-      lambda: {
-        'state': self.create_state(init_key),
-        'carries': self.model.initial_carries(self.config.data.batch_size),
-        'data_key': jax.random.key_data(data_key),
-      }
+      lambda: checkpoint_arrays(
+        *self._start(self.config.seed)[:2],
+        self.model.initial_carries(self.config.data.batch_size),
+      )
     )
 
   def _train_chunk(self, state, carries, inputs, targets, start):
@@ -274,7 +337,6 @@ class _Trainer:
     Windows past the epoch's end (when `chunk` does not divide it) change
     nothing and report a NaN loss.
     """
-    self.traces += 1
     padding = -self.windows_per_epoch % self.chunk
     if padding:
       pad = ((0, padding), (0, 0), (0, 0))
@@ -317,9 +379,11 @@ class _Trainer:
     return state, carries, losses
 
   def _epoch_windows(self, data_key, epoch):
-    """The epoch's (inputs, targets) `[W, B, T]`."""
+    """The epoch's (inputs, targets) `[W, B, T]`, from the raw data key."""
     key = epoch_data_key(
-      data_key, epoch, self.config.data.new_series_each_epoch
+      jax.random.wrap_key_data(data_key),
+      epoch,
+      self.config.data.new_series_each_epoch,
     )
     return data_lib.make_windows(key, self.config.data, self.config.mode)
 
@@ -401,7 +465,6 @@ def train_and_evaluate(config, workdir):
 
 def _train(config, workdir, signals):
   """train_and_evaluate, once the workdir is locked and prepared."""
-  use_compile_cache(config.compile_cache_dir)
   # matplotlib takes half a second to import and is needed only for the
   # pictures at the end: load it meanwhile, while XLA compiles and trains.
   threading.Thread(
@@ -409,14 +472,15 @@ def _train(config, workdir, signals):
   ).start()
   trainer = _Trainer(config)
   num_windows = trainer.windows_per_epoch
-  _, _, eval_key = trainer.run_keys(config.seed)
-  evaluation = data_lib.make_windows(eval_key, config.data, config.mode)
+  fresh_state, data_key, evaluation = trainer.start(config.seed)
   losses = np.full((config.num_epochs, num_windows), np.nan)
   stopped_by = None
 
   directory = os.path.join(workdir, 'checkpoints')
   with checkpoint_lib.Checkpoints(directory, config.checkpoint.keep) as saves:
-    state, carries, data_key, progress = _start(trainer, saves)
+    state, carries, data_key, progress = _start(
+      trainer, saves, fresh_state, data_key
+    )
     if progress.epoch >= config.num_epochs:
       logging.info(
         '%s already holds the complete run (%d epochs trained); nothing to do',
@@ -424,8 +488,8 @@ def _train(config, workdir, signals):
         progress.epoch,
       )
       if not os.path.exists(os.path.join(workdir, 'echo.png')):
-        _, probabilities = trainer.evaluate(state.params, *evaluation)
-        _draw(workdir, trainer, evaluation, probabilities)
+        _, picture = trainer.evaluate(state.params, *evaluation)
+        _draw(workdir, trainer, picture)
       return _result(trainer, losses, state, progress, stopped_by)
 
     # Written once the saved run is known to be readable and not yet done,
@@ -458,7 +522,7 @@ def _train(config, workdir, signals):
           trainer, metrics, pace, epoch, start, chunk_losses, learning_rate
         )
         if stop == num_windows:
-          probabilities, eval_loss = _evaluate(
+          picture, eval_loss = _evaluate(
             trainer, state.params, evaluation, epoch, metrics
           )
           _check_finite(
@@ -480,12 +544,7 @@ def _train(config, workdir, signals):
         # A signal during the last chunk lets the run end as usual.
         stopping = signals.requested and progress.epoch < config.num_epochs
         if stopping or _checkpoint_due(trainer, progress):
-          arrays = {
-            'state': state,
-            'carries': carries,
-            'data_key': jax.random.key_data(data_key),
-          }
-          saves.save(arrays, progress)
+          saves.save(checkpoint_arrays(state, data_key, carries), progress)
           metrics.flush()
           newest = progress.step
         if stopping:
@@ -493,25 +552,25 @@ def _train(config, workdir, signals):
           break
 
   if not stopped_by:
-    _draw(workdir, trainer, evaluation, probabilities)
+    _draw(workdir, trainer, picture)
   return _result(trainer, losses, state, progress, stopped_by)
 
 
-def _start(trainer, saves):
-  """(state, carries, data key, Progress): restored, or new at step 0."""
-  config = trainer.config
-  init_key, data_key, _ = trainer.run_keys(config.seed)
-  # The target costs a trace of the model; a new run has nothing to restore.
+def _start(trainer, saves, state, data_key):
+  """(state, carries, raw data key, Progress) to train from.
+
+  The newest checkpoint in `saves`, read into arrays shaped like the fresh
+  `state` and raw `data_key` of the run; or those, at step 0, if there is
+  none.
+  """
+  carries = trainer.model.initial_carries(trainer.config.data.batch_size)
   saved = saves.latest_step() is not None and saves.restore(
-    trainer.checkpoint_target(init_key, data_key)
+    checkpoint_arrays(state, data_key, carries)
   )
   if not saved:
-    state = trainer.create_state(init_key)
-    carries = trainer.model.initial_carries(config.data.batch_size)
     return state, carries, data_key, checkpoint_lib.Progress(0, 0, 0, 0)
   run, progress = saved
-  data_key = jax.random.wrap_key_data(run['data_key'])
-  return run['state'], run['carries'], data_key, progress
+  return run['state'], run['carries'], run['data_key'], progress
 
 
 def _chunks(trainer, state, carries, data_key, progress):
@@ -609,13 +668,12 @@ def _evaluate(trainer, params, evaluation, epoch, metrics):
   A NaN or infinite loss is returned without being recorded.
 
   Returns:
-    (the predicted probabilities for echo.png (see _Trainer._evaluate), the
-    evaluation loss).
+    (what echo.png shows (see _Trainer._evaluate), the evaluation loss).
   """
-  scores, probabilities = trainer.evaluate(params, *evaluation)
+  scores, picture = trainer.evaluate(params, *evaluation)
   loss, accuracy = float(scores['loss']), float(scores['accuracy'])
   if not np.isfinite(loss):
-    return probabilities, loss
+    return picture, loss
   logging.info(
     'Evaluation after epoch %d: loss %.6g, accuracy %.4f',
     epoch,
@@ -630,37 +688,28 @@ def _evaluate(trainer, params, evaluation, epoch, metrics):
       'eval_accuracy': accuracy,
     }
   )
-  return probabilities, loss
+  return picture, loss
 
 
-def _draw(workdir, trainer, evaluation, probabilities):
+def _draw(workdir, trainer, picture):
   """Writes loss.png and echo.png to workdir.
 
   Args:
     workdir: the run's folder, with its metrics.jsonl.
     trainer: the run's _Trainer.
-    evaluation: the evaluation windows (inputs, targets), each `[W, B, T]`.
-    probabilities: `[E, T, C]` predicted for row 0 of the first E windows.
+    picture: what echo.png shows (see _Trainer._evaluate).
   """
   from echo import plots as plots_lib  # noqa: PLC0415 - loaded meanwhile.
 
-  config = trainer.config
   plots_lib.plot_losses(
     os.path.join(workdir, 'loss.png'),
     metrics_lib.read(workdir),
     trainer.windows_per_epoch,
   )
-  num_windows, steps, _ = probabilities.shape
-  inputs, targets = (np.asarray(x[:num_windows, 0]) for x in evaluation)
-  knowable = data_lib.knowable(
-    num_windows * steps, steps, config.data.echo_step, config.mode
-  )
+  picture = {name: np.asarray(values) for name, values in picture.items()}
   plots_lib.plot_echo(
     os.path.join(workdir, 'echo.png'),
-    inputs,
-    targets,
-    np.asarray(probabilities),
-    np.asarray(knowable).reshape(num_windows, steps),
-    config.data.echo_step,
+    **picture,
+    echo_step=trainer.config.data.echo_step,
   )
   logging.info('Pictures: %s and %s', 'loss.png', 'echo.png')

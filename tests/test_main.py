@@ -16,13 +16,14 @@ from conftest import ROOT, metric_records
 from echo import train
 
 
-def _main(*args):
+def _main(*args, env=None):
   return subprocess.run(
     [sys.executable, 'main.py', *args],
     cwd=ROOT,
     capture_output=True,
     text=True,
     timeout=300,
+    env=None if env is None else {**os.environ, **env},
   )
 
 
@@ -117,13 +118,16 @@ def test_a_second_run_compiles_nothing(tmp_path):
     '--config.num_epochs=1',
     f'--config.compile_cache_dir={cache}',
   )
-  first = _main(*args, f'--workdir={tmp_path / "first"}')
+  # JAX logs a line for every program it compiles.
+  logged = {'JAX_LOG_COMPILES': '1'}
+  first = _main(*args, f'--workdir={tmp_path / "first"}', env=logged)
   assert first.returncode == 0, first.stderr
+  assert 'Compiling jit(' in first.stderr
   entries = sorted(p.name for p in cache.rglob('*') if p.is_file())
-  assert len(entries) >= 3  # Keys, initial state, data, chunk.
-  second = _main(*args, f'--workdir={tmp_path / "second"}')
+  assert len(entries) >= 4  # Start, epoch windows, chunk, evaluation.
+  second = _main(*args, f'--workdir={tmp_path / "second"}', env=logged)
   assert second.returncode == 0, second.stderr
-  # Every program came from the cache: a compile would have added an entry.
+  assert 'Compiling' not in second.stderr
   assert sorted(p.name for p in cache.rglob('*') if p.is_file()) == entries
   assert len(metric_records(str(tmp_path / 'second'), 'loss')) == 5
 

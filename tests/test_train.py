@@ -123,8 +123,12 @@ def test_fast_lstm_paths_leave_the_loss_curve_unchanged(
   # The straightforward model: library matmuls and JAX's own backward.
   monkeypatch.setattr(model_lib, 'SMALL_KERNEL', 0)
   monkeypatch.setattr(model_lib, 'lstm_step', plain_lstm_step)
+  # Traced afresh: the saved programs of this config are the fast ones.
+  tiny.compile_cache_dir = ''
   plain = _run(tiny, tmp_path, 'plain')['losses']
   assert not np.array_equal(fast, 0)
+  # The monkeypatched model was the one trained: the sums round differently.
+  assert not np.array_equal(fast, plain)
   # Sums in another order round differently, and training compounds it: the
   # first 100 windows agree within 1e-6, the whole run within 1e-5.
   np.testing.assert_allclose(fast[:2], plain[:2], rtol=0, atol=1e-6)
