@@ -28,7 +28,9 @@ def plot_losses(path, records, windows_per_epoch):
   """
   train = [r for r in records if 'loss' in r]
   evaluations = [r for r in records if 'eval_loss' in r]
-  figure = Figure(figsize=(8, 4.5), dpi=_DPI, layout='constrained')
+  # Fixed margins: a layout engine would take as long as the drawing.
+  figure = Figure(figsize=(8, 4.5), dpi=_DPI)
+  figure.subplots_adjust(left=0.1, right=0.98, bottom=0.12, top=0.92)
   axes = figure.add_subplot()
   steps = [r['step'] for r in train]
   axes.plot(
@@ -74,7 +76,8 @@ def plot_losses(path, records, windows_per_epoch):
     title += f' (last evaluation: accuracy {accuracy:.3f})'
   axes.set_title(title)
   axes.grid(True, which='both', alpha=0.3)
-  axes.legend(loc='best')
+  # The loss starts high and falls: the bottom left stays free.
+  axes.legend(loc='lower left')
   figure.savefig(path)
 
 
@@ -94,7 +97,10 @@ def plot_echo(path, inputs, targets, probabilities, knowable, echo_step):
   probabilities = probabilities.reshape(len(inputs), -1)
   steps = np.arange(len(inputs))
   num_classes = probabilities.shape[-1]
-  figure = Figure(figsize=(10, 6), dpi=_DPI, layout='constrained')
+  figure = Figure(figsize=(10, 6), dpi=_DPI)
+  figure.subplots_adjust(
+    left=0.08, right=0.98, bottom=0.15, top=0.93, hspace=0.12
+  )
   rows = figure.subplots(3, 1, sharex=True)
   rows[0].bar(steps, inputs, width=0.8, color='tab:blue')
   rows[0].set_ylabel('input symbol')
@@ -122,7 +128,7 @@ def plot_echo(path, inputs, targets, probabilities, knowable, echo_step):
       Line2D([], [], color='black', linestyle='--', label='window edge'),
       Patch(color='grey', alpha=0.25, label='target unknowable'),
     ],
-    loc='outside lower center',
+    loc='lower center',
     ncols=2,
   )
   windows = len(steps) // truncated_length
