@@ -42,8 +42,17 @@ def _choice(value, path, allowed):
     raise ConfigError(f'config.{path}={value!r} must be one of {names}')
 
 
+# Seeds enter the compiled programs as int32 values.
+SEEDS = (-(2**31), 2**31 - 1)
+
+
 def validate(config):
   """Raises ConfigError naming the first field of `config` that cannot work."""
+  if not (_integer(config.seed, SEEDS[0]) and config.seed <= SEEDS[1]):
+    raise ConfigError(
+      f'config.seed={config.seed!r} must be an integer from {SEEDS[0]} to '
+      f'{SEEDS[1]}'
+    )
   for path in (
     'num_epochs',
     'data.series_length',
@@ -61,12 +70,14 @@ def validate(config):
   _choice(config.train.optimizer, 'train.optimizer', OPTIMIZERS)
 
   data = config.data
-  if data.num_classes < 2:
+  if not _integer(data.num_classes, 2):
     raise ConfigError(
-      f'config.data.num_classes={data.num_classes} must be >= 2'
+      f'config.data.num_classes={data.num_classes!r} must be an integer >= 2'
     )
-  if data.echo_step < 0:
-    raise ConfigError(f'config.data.echo_step={data.echo_step} must be >= 0')
+  if not _integer(data.echo_step, 0):
+    raise ConfigError(
+      f'config.data.echo_step={data.echo_step!r} must be an integer >= 0'
+    )
   if config.mode == 'reset' and data.echo_step >= data.truncated_length:
     raise ConfigError(
       f'config.data.echo_step={data.echo_step} must be < '
@@ -88,6 +99,10 @@ def validate(config):
     raise ConfigError(
       f'config.train.learning_rate={config.train.learning_rate} must be '
       'finite and > 0'
+    )
+  if not math.isfinite(config.model.forget_bias):
+    raise ConfigError(
+      f'config.model.forget_bias={config.model.forget_bias} must be finite'
     )
   if config.train.initial_accumulator < 0:
     raise ConfigError(

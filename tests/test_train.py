@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from echo import model as model_lib
 from echo import train, validate
 
@@ -82,6 +83,13 @@ def test_every_cell_trains(tiny, tmp_path, cell):
     ('data.echo_step', 400, 'steps in a row'),
     ('checkpoint.every_chunks', 0, 'integer >= 1'),
     ('cpu_threads', -1, '>= 0'),
+    ('data.truncated_length', 0, 'integer >= 1'),
+    ('model.num_layers', 0, 'integer >= 1'),
+    ('train.log_every', -10, 'integer >= 1'),
+    ('checkpoint.keep', 0, 'integer >= 1'),
+    ('seed', 2**31, 'from -2147483648 to 2147483647'),
+    ('seed', -(2**31) - 1, 'from -2147483648 to 2147483647'),
+    ('model.forget_bias', float('nan'), 'must be finite'),
   ],
 )
 def test_a_config_that_cannot_work_fails_before_anything_is_written(
@@ -143,3 +151,21 @@ def test_an_infinite_evaluation_loss_stops_the_run(tiny, tmp_path):
     _run(tiny, tmp_path)
   metrics = (tmp_path / 'run' / 'metrics.jsonl').read_text()
   assert 'Infinity' not in metrics and 'eval_loss' not in metrics
+
+
+def test_the_notebook_preset_reuses_one_series_with_the_notebooks_settings():
+  notebook = default.get_config('notebook')
+  assert notebook.mode == 'reset'
+  assert (notebook.num_epochs, notebook.data.series_length) == (5, 50_000)
+  assert (notebook.data.batch_size, notebook.data.truncated_length) == (5, 10)
+  assert (notebook.model.state_size, notebook.model.num_layers) == (4, 3)
+  assert notebook.data.echo_step == 3
+  assert (notebook.train.optimizer, notebook.train.learning_rate) == (
+    'adagrad',
+    0.3,
+  )
+  data_key = jax.random.key_data(jax.random.key(0))
+  for config, same in ((notebook, True), (default.get_config(), False)):
+    trainer = train._Trainer(config)
+    first, second = (trainer.epoch_windows(data_key, e)[0] for e in (0, 1))
+    assert np.array_equal(first, second) == same
