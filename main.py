@@ -13,12 +13,17 @@ with a `sweep` field runs the whole grid instead and writes results.csv,
 losses.npz and plots (see echo/sweep.py).
 """
 
+import signal
+
+# Ctrl-C while Python loads the modules below ends the process at once, as
+# nothing has been written yet; `_run_and_leave` restores Python's handler.
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 import json
 import logging as std_logging
 import os
 import re
 import shlex
-import signal
 import sys
 
 from absl import app, flags, logging
@@ -213,6 +218,7 @@ def _run_and_leave():
   JAX, orbax and matplotlib would then take most of a second more. Errors
   and signal stops leave through the usual exit.
   """
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     app.run(main, flags_parser=_parse_flags)
   except SystemExit as leaving:

@@ -504,6 +504,12 @@ def _train(config, workdir, signals):
         progress.step,
         directory,
       )
+    elif os.path.exists(metrics_lib.metrics_path(workdir)):
+      logging.info(
+        'No checkpoint in %s: training again from step 0, and writing '
+        'metrics.jsonl again',
+        directory,
+      )
     pace = progress_lib.Pace(config.num_epochs * num_windows - progress.step)
     with metrics_lib.MetricsWriter(
       workdir, progress.metrics_lines, progress.step
@@ -544,7 +550,11 @@ def _train(config, workdir, signals):
         # A signal during the last chunk lets the run end as usual.
         stopping = signals.requested and progress.epoch < config.num_epochs
         if stopping or _checkpoint_due(trainer, progress):
-          saves.save(checkpoint_arrays(state, data_key, carries), progress)
+          arrays = jax.device_get(checkpoint_arrays(state, data_key, carries))
+          _check_finite_state(
+            arrays['state'], epoch, stop, trainer, newest, learning_rate
+          )
+          saves.save(arrays, progress)
           metrics.flush()
           newest = progress.step
         if stopping:
@@ -637,6 +647,27 @@ def _check_finite(
     raise Diverged(
       epoch, window, step, losses[bad[0]], newest, learning_rate, quantity
     )
+
+
+def _check_finite_state(state, epoch, stop, trainer, newest, learning_rate):
+  """Raises Diverged if the last update of a chunk, which ended before
+  window `stop`, left a parameter or optimizer value NaN or infinite.
+
+  Each window's loss is taken before its update, so finite losses do not
+  show that the state they leave is finite too.
+  """
+  if all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state)):
+    return
+  window = stop - 1
+  raise Diverged(
+    epoch,
+    window,
+    epoch * trainer.windows_per_epoch + window,
+    'not finite',
+    newest,
+    learning_rate,
+    quantity='parameters or optimizer state',
+  )
 
 
 def _checkpoint_due(trainer, progress):

@@ -7,10 +7,12 @@ numbers that a run computes:
   num_epochs         extends a finished run, or ends one sooner
   checkpoint.*       how often checkpoints are saved and how many are kept
   compile_cache_dir  where compiled programs are cached, if at all
+  cpu_threads        how many threads XLA's CPU backend runs on
 
 Any other difference (seed, mode, data sizes, model, optimizer, learning rate,
-log_every, ...) is refused with the fields listed. `move_aside` keeps the old
-run under another name so that the folder can start afresh (main.py --fresh);
+log_every, ...) is refused with the fields listed. A folder that holds a
+sweep, or files but no run, is refused too. `move_aside` keeps the old run
+under another name so that the folder can start afresh (main.py --fresh);
 nothing is ever deleted.
 """
 
@@ -26,7 +28,12 @@ from absl import logging
 # TODO: let train.log_every change too. Checkpoints sit on multiples of the
 # old value, and the chunk function cannot yet start a chunk elsewhere, so a
 # new value is refused for now.
-MAY_DIFFER = ('num_epochs', 'checkpoint.', 'compile_cache_dir')
+MAY_DIFFER = ('num_epochs', 'checkpoint.', 'compile_cache_dir', 'cpu_threads')
+
+# What a folder holds once a run or a sweep has started in it.
+_RUN_FILES = ('config.json', 'metrics.jsonl', 'checkpoints')
+# Left by `lock`; a folder holding only it holds nothing.
+_LOCK = '.lock'
 
 
 class WorkdirError(ValueError):
@@ -35,6 +42,11 @@ class WorkdirError(ValueError):
 
 def config_path(workdir):
   return os.path.join(workdir, 'config.json')
+
+
+def holds_a_run(workdir):
+  """Whether `workdir` holds a run or a sweep, finished or not."""
+  return any(os.path.exists(os.path.join(workdir, name)) for name in _RUN_FILES)
 
 
 def _flatten(tree, prefix=''):
@@ -81,13 +93,25 @@ def prepare(config, workdir):
 
   Raises:
     WorkdirError: if `workdir` holds a run whose config differs in a field
-      that changes what is computed, or a run without its config.json.
+      that changes what is computed, a run without its config.json, a
+      sweep, or other files but no run.
   """
   path = config_path(workdir)
   requested = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+      raise WorkdirError(
+        f'{path} cannot be read as a config ({error}); start afresh with '
+        'main.py --fresh (which moves the old run aside) or another --workdir'
+      ) from None
+    if 'sweep' in saved and 'sweep' not in requested:
+      raise WorkdirError(
+        f'{workdir} holds a sweep, not a run; choose another --workdir, or '
+        'move the sweep aside with main.py --fresh'
+      )
     refused, allowed = config_changes(saved, requested)
     if refused:
       fields = '; '.join(
@@ -109,6 +133,14 @@ def prepare(config, workdir):
       f'{workdir} holds a run but no config.json, so it cannot be resumed; '
       'choose another --workdir, or move it aside with main.py --fresh'
     )
+  elif os.path.isdir(workdir):
+    others = sorted(set(os.listdir(workdir)) - {_LOCK})
+    if others:
+      shown = ', '.join(others[:3]) + (', ...' if len(others) > 3 else '')
+      raise WorkdirError(
+        f'{workdir} holds files but no run ({shown}); choose an empty or new '
+        '--workdir, so that nothing in it is mixed with the run'
+      )
   os.makedirs(workdir, exist_ok=True)
 
 
@@ -128,8 +160,12 @@ def lock(workdir):
   Raises:
     WorkdirError: if another process holds the workdir.
   """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(
+      f'--workdir={workdir} is a file; a run needs a folder there'
+    )
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, '.lock'), 'a+') as f:
+  with open(os.path.join(workdir, _LOCK), 'a+') as f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -164,10 +200,12 @@ def new_default(parent='runs'):
 
 
 def move_aside(workdir):
-  """Renames a non-empty `workdir` to WORKDIR.old-<date>-<time>[-N].
+  """Renames a `workdir` that holds a run to WORKDIR.old-<date>-<time>[-N].
+
+  A folder that holds no run or sweep (see `holds_a_run`) stays as it is.
 
   Returns:
-    The new name, or None if there was nothing to move.
+    The new name, or None if there was no run to move.
 
   Raises:
     WorkdirError: if a run is going on in `workdir`, or it is not a folder
@@ -178,7 +216,7 @@ def move_aside(workdir):
     raise WorkdirError(f'{workdir} is a file, not a run folder')
   if os.path.abspath(workdir) == os.path.abspath(os.curdir):
     raise WorkdirError('--fresh cannot move the current folder aside')
-  if not os.path.isdir(workdir) or not os.listdir(workdir):
+  if not os.path.isdir(workdir) or not holds_a_run(workdir):
     return None
   base = f'{workdir}.old-{time.strftime("%Y%m%d-%H%M%S")}'
   target, count = base, 0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, metric_records
 
-from echo import train
+from echo import data, train
 
 
 def _main(*args, env=None):
@@ -146,6 +146,8 @@ def test_sigterm_saves_the_last_chunk_and_the_printed_command_resumes(
         'main.py',
         '--config=configs/default.py:tiny',
         '--config.num_epochs=100000',
+        # No checkpoint falls due before the end: the stop must save its own.
+        '--config.checkpoint.every_chunks=1000000',
         f'--workdir={workdir}',
       ],
       cwd=ROOT,
@@ -166,14 +168,18 @@ def test_sigterm_saves_the_last_chunk_and_the_printed_command_resumes(
   line = stderr.read_text().strip().splitlines()[-1]
   stopped = re.match(r'Stopped by SIGTERM at epoch (\d+), window (\d+)', line)
   assert stopped, line
+  epoch, window = int(stopped[1]), int(stopped[2])
+  windows_per_epoch = data.num_windows(tiny.data)
+  saved = os.listdir(workdir / 'checkpoints')
+  assert saved == [str(epoch * windows_per_epoch + window)]
   command = shlex.split(line.split('resume with: ')[1])
   assert command[:2] == ['python', 'main.py']
   assert f'--workdir={workdir}' in command
   # Resume, and end one epoch after the stop instead of after 100000.
-  num_epochs = int(stopped[1]) + 1
+  num_epochs = epoch + 1
   done = _main(*command[2:], f'--config.num_epochs={num_epochs}')
   assert done.returncode == 0, done.stderr
-  assert 'Resuming at epoch' in done.stderr
+  assert f'Resuming at epoch {epoch}, window {window} ' in done.stderr
 
   tiny.num_epochs = num_epochs
   reference = tmp_path / 'reference'

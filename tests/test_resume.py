@@ -111,11 +111,13 @@ def test_which_fields_may_differ():
   requested.checkpoint.keep = 1
   requested.train.log_every = 5
   requested.compile_cache_dir = ''
+  requested.cpu_threads = 2
   refused, allowed = workdir.config_changes(saved, requested.to_dict())
   assert refused == [('train.log_every', 10, 5)]
   assert [field for field, _, _ in allowed] == [
     'checkpoint.keep',
     'compile_cache_dir',
+    'cpu_threads',
     'num_epochs',
   ]
 
@@ -246,6 +248,35 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
   assert np.isfinite(losses).all() and len(losses) == 7
 
 
+def test_an_update_that_leaves_the_state_not_finite_is_never_saved(
+  monkeypatch, tmp_path
+):
+  original = train._Trainer._train_chunk
+
+  def poisoned(self, state, carries, inputs, targets, start):
+    # The update of window 59 makes the parameters infinite; every loss,
+    # taken before its window's update, stays finite.
+    state, carries, losses = original(
+      self, state, carries, inputs, targets, start
+    )
+    params = jax.tree.map(
+      lambda p: jnp.where(state.step == 60, jnp.inf, p), state.params
+    )
+    return state.replace(params=params), carries, losses
+
+  monkeypatch.setattr(train._Trainer, '_train_chunk', poisoned)
+  config = finished_config()  # A checkpoint every 30 windows.
+  config.compile_cache_dir = ''  # Traced afresh, with the poison.
+  run = str(tmp_path / 'run')
+  with pytest.raises(train.Diverged) as error:
+    train.train_and_evaluate(config, run)
+  diverged = error.value
+  assert (diverged.epoch, diverged.window, diverged.step) == (1, 9, 59)
+  assert diverged.checkpoint_step == 30
+  assert 'parameters or optimizer state not finite' in str(diverged)
+  assert os.listdir(os.path.join(run, 'checkpoints')) == ['30']
+
+
 def test_moving_a_run_aside_keeps_it(tmp_path):
   run = tmp_path / 'run'
   assert workdir.move_aside(str(run)) is None
@@ -258,6 +289,57 @@ def test_moving_a_run_aside_keeps_it(tmp_path):
   assert first != second and not run.exists()
   assert open(os.path.join(first, 'metrics.jsonl')).read() == '{"step": 0}\n'
   assert open(os.path.join(second, 'metrics.jsonl')).read() == '{"step": 1}\n'
+
+
+def test_a_folder_that_holds_no_run_is_neither_moved_nor_written(
+  tiny, tmp_path
+):
+  folder = tmp_path / 'notes'
+  folder.mkdir()
+  (folder / 'notes.txt').write_text('mine')
+  assert workdir.move_aside(str(folder)) is None
+  with pytest.raises(workdir.WorkdirError, match=r'holds files but no run'):
+    train.train_and_evaluate(tiny, str(folder))
+  assert sorted(os.listdir(folder)) == ['.lock', 'notes.txt']
+  assert (folder / 'notes.txt').read_text() == 'mine'
+
+
+@pytest.mark.parametrize(
+  'saved, message',
+  [
+    ('', r'config.json cannot be read as a config'),
+    ('{"sweep": {"num_seeds": 4}}', r'holds a sweep, not a run'),
+  ],
+)
+def test_a_config_json_of_no_run_is_refused_and_kept(
+  tiny, tmp_path, saved, message
+):
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text(saved)
+  with pytest.raises(workdir.WorkdirError, match=message) as error:
+    train.train_and_evaluate(tiny, str(run))
+  assert '--fresh' in str(error.value)
+  assert (run / 'config.json').read_text() == saved
+
+
+def test_a_workdir_that_is_a_file_is_named(tiny, tmp_path):
+  path = tmp_path / 'file'
+  path.write_text('mine')
+  with pytest.raises(workdir.WorkdirError, match=f'--workdir={path} is a file'):
+    train.train_and_evaluate(tiny, str(path))
+  assert path.read_text() == 'mine'
+
+
+def test_only_the_newest_checkpoints_are_kept(tiny, tmp_path):
+  tiny.num_epochs = 2
+  tiny.checkpoint.every_chunks = 2
+  tiny.checkpoint.keep = 2
+  run = tmp_path / 'run'
+  train.train_and_evaluate(tiny, str(run))
+  # 100 windows in chunks of 10: saved every 20 windows, the last 2 kept.
+  kept = sorted(int(step) for step in os.listdir(run / 'checkpoints'))
+  assert kept == [80, 100]
 
 
 def test_a_workdir_in_use_is_refused_and_not_moved(tiny, tmp_path):
