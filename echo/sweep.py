@@ -173,6 +173,7 @@ def validate(config):
   anything is compiled.
   """
   validate_lib.validate_sweep(config)
+  _validate_seeds(config)
   for structural in _structural_values(config):
     for echo_step, learning_rate in itertools.product(
       config.sweep.echo_steps, config.sweep.learning_rates
@@ -201,6 +202,25 @@ def validate(config):
     raise validate_lib.ConfigError(
       f'config.sweep.heatmap={config.sweep.heatmap!r} must be () or two of '
       + ', '.join(VALUE_COLUMNS[1:])
+    )
+
+
+def _validate_seeds(config):
+  """Raises ConfigError unless every member's seed fits in an int32.
+
+  The members' seeds enter their program as an int32 array `[M]`; each gives
+  the key a single run makes of the same seed, negative ones too.
+  """
+  low, high = validate_lib.SEEDS
+  first = config.seed
+  if not isinstance(first, int) or isinstance(first, bool):
+    return  # validate_lib.validate names it, as for a single run.
+  last = first + config.sweep.num_seeds - 1
+  if first < low or last > high:
+    raise validate_lib.ConfigError(
+      f'config.seed={first} with config.sweep.num_seeds='
+      f'{config.sweep.num_seeds} gives seeds {first} to {last}, which must '
+      f'lie in [{low}, {high}] (seeds are int32)'
     )
 
 

@@ -1,8 +1,10 @@
-"""Sweeps: the grid's outputs, one trace per combination, members that equal
-their runs alone, diverging members kept apart, and sharding over devices."""
+"""Sweeps: the grid's outputs, one compiled program per combination, members
+that equal their runs alone, diverging members kept apart, and sharding over
+devices."""
 
 import csv
 import json
+import logging
 import os
 import struct
 import subprocess
@@ -12,9 +14,20 @@ import jax
 import numpy as np
 import pytest
 from conftest import ROOT
+from matplotlib import colormaps
 
+from configs import default
 from configs import sweep as sweep_configs
-from echo import data, evaluate, sweep, train, validate, workdir
+from echo import (
+  data,
+  evaluate,
+  metrics,
+  sweep,
+  sweep_plot,
+  train,
+  validate,
+  workdir,
+)
 
 # The grid the tests share: 3 seeds x 2 learning rates x 2 state sizes, so
 # 2 compiled programs of 6 members (padded to 8 on 4 devices).
@@ -48,11 +61,33 @@ def _main(*args, devices=None):
   )
 
 
+class _Messages(logging.Handler):
+  """Keeps the message of every record it is given."""
+
+  def __init__(self):
+    super().__init__()
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope='module')
 def grid(tmp_path_factory):
-  """The grid run in this process, on its one CPU device."""
+  """The grid run in this process, on its one CPU device.
+
+  Adds `jax_log`: what JAX logged with `jax_log_compiles` on, a line as each
+  program is lowered and as it is compiled (or read from the cache).
+  """
   assert len(jax.devices()) == 1
-  return sweep.run(_grid_config(), str(tmp_path_factory.mktemp('grid')))
+  log, logger = _Messages(), logging.getLogger('jax')
+  logger.addHandler(log)
+  try:
+    with jax.log_compiles(True):
+      result = sweep.run(_grid_config(), str(tmp_path_factory.mktemp('grid')))
+  finally:
+    logger.removeHandler(log)
+  return {**result, 'jax_log': log.messages}
 
 
 @pytest.fixture(scope='module')
@@ -128,8 +163,23 @@ def test_main_runs_the_grid_and_writes_every_output(main_run):
   assert not (workdir / 'heatmap.png').exists()
 
 
-def test_each_combination_traces_its_program_once(grid):
-  assert grid['traces'] == [1, 1]
+def test_each_combination_is_one_program_of_all_its_members(grid):
+  # Every program XLA compiled during the sweep: one per state size, each
+  # taking the 6 members of its combination as arrays [6].
+  compiled = [
+    line.split(' in ')[0]
+    for line in grid['jax_log']
+    if line.startswith('Finished XLA compilation of ')
+  ]
+  assert compiled == ['Finished XLA compilation of jit(train_members)'] * 2
+  lowered = [line for line in grid['jax_log'] if line.startswith('Compiling ')]
+  assert len(lowered) == 2
+  for line in lowered:
+    assert line.startswith(
+      'Compiling jit(train_members) with global shapes and types '
+      '(ShapedArray(int32[6]), ShapedArray(float32[6]), '
+      'ShapedArray(int32[6])).'
+    )
   assert len(grid['rows']) == 12
   assert grid['losses'].shape == (12, 4, 50)
 
@@ -172,6 +222,71 @@ def test_a_member_equals_its_run_alone(grid, tmp_path, index):
   np.testing.assert_allclose(values['eval_loss'], scores['loss'], rtol=1e-5)
   np.testing.assert_allclose(
     values['eval_accuracy'], scores['accuracy'], rtol=1e-5
+  )
+
+
+def _fields(config, prefix=''):
+  """{'data.echo_step': 2, ...}: every leaf field of a nested dict."""
+  fields = {}
+  for name, value in config.items():
+    if isinstance(value, dict):
+      fields.update(_fields(value, f'{prefix}{name}.'))
+    else:
+      fields[prefix + name] = value
+  return fields
+
+
+def test_a_member_equals_main_py_run_alone(tmp_path):
+  config = sweep_configs.get_config('tiny')
+  # 2 seeds x 2 learning rates x 2 echo steps, vmapped in one program.
+  config.sweep.update(
+    num_seeds=2, learning_rates=(0.3, 1.0), echo_steps=(2, 3), state_sizes=(3,)
+  )
+  result = sweep.run(config, str(tmp_path / 'sweep'))
+  base = default.get_config('tiny')
+  member = {'seed': 1, 'learning_rate': 0.3, 'echo_step': 3, 'state_size': 3}
+  # The vmapped fields all differ from the base run's, so the run alone
+  # must take each of them from the flags.
+  assert member['seed'] != base.seed
+  assert member['learning_rate'] != base.train.learning_rate
+  assert member['echo_step'] != base.data.echo_step
+  (index,) = [
+    i
+    for i, row in enumerate(result['rows'])
+    if all(row[name] == value for name, value in member.items())
+  ]
+  run_config = sweep.member_config(config, member)
+  want = _fields(json.loads(run_config.to_json_best_effort()))
+  have = _fields(json.loads(base.to_json_best_effort()))
+  flags = [
+    f'--config.{path}={value}'
+    for path, value in want.items()
+    if value != have[path]
+  ]
+  assert len(flags) == 4, flags
+
+  run_dir = tmp_path / 'run'
+  done = _main(
+    '--config=configs/default.py:tiny', *flags, f'--workdir={run_dir}'
+  )
+  assert done.returncode == 0, done.stderr
+  assert _fields(json.loads((run_dir / 'config.json').read_text())) == want
+  records = [r for r in metrics.read(str(run_dir)) if 'loss' in r]
+  assert len(records) == 4 * 5  # 4 epochs of 50 windows, a line every 10.
+  losses = result['losses'][index]
+  log_every = run_config.train.log_every
+  np.testing.assert_allclose(
+    [r['loss'] for r in records],
+    [losses[r['epoch'], r['window']] for r in records],
+    atol=1e-5,
+  )
+  np.testing.assert_allclose(
+    [r['mean_loss'] for r in records],
+    [
+      losses[r['epoch'], r['window'] : r['window'] + log_every].mean()
+      for r in records
+    ],
+    atol=1e-5,
   )
 
 
@@ -218,6 +333,45 @@ def test_a_sweep_field_that_cannot_work_is_named(field, value, message):
   assert message in str(error.value) and '\n' not in str(error.value)
 
 
+@pytest.mark.parametrize(
+  'seed, num_seeds', [(2**31 - 2, 2), (-(2**31), 3), (0, 8)]
+)
+def test_seeds_that_fit_in_int32_are_accepted(seed, num_seeds):
+  config = sweep_configs.get_config('tiny')
+  config.seed = seed
+  config.sweep.num_seeds = num_seeds
+  sweep.validate(config)
+
+
+@pytest.mark.parametrize(
+  'seed, num_seeds, last',
+  [(2**31 - 1, 2, 2**31), (2**31, 1, 2**31), (-(2**31) - 1, 3, 1 - 2**31)],
+)
+def test_seeds_past_int32_are_refused_on_one_line(seed, num_seeds, last):
+  config = sweep_configs.get_config('tiny')
+  config.seed = seed
+  config.sweep.num_seeds = num_seeds
+  with pytest.raises(validate.ConfigError) as error:
+    sweep.validate(config)
+  assert str(error.value) == (
+    f'config.seed={seed} with config.sweep.num_seeds={num_seeds} gives '
+    f'seeds {seed} to {last}, which must lie in [-2147483648, 2147483647] '
+    '(seeds are int32)'
+  )
+
+
+def test_int32_seeds_at_the_ends_give_the_keys_of_a_run_alone():
+  # A sweep passes its seeds as int32 under jit; a run alone, as a Python int.
+  def keys(seed):
+    return [jax.random.key_data(key) for key in train.run_keys(seed)]
+
+  seeds = np.array(validate.SEEDS, np.int32)
+  swept = jax.jit(jax.vmap(keys))(seeds)
+  for index, seed in enumerate(validate.SEEDS):
+    for got, want in zip(swept, keys(seed), strict=True):
+      np.testing.assert_array_equal(got[index], want)
+
+
 def test_a_member_that_cannot_work_is_named():
   config = sweep_configs.get_config('tiny')
   config.sweep.update(modes=('carry', 'reset'), echo_steps=(2, 8))
@@ -253,3 +407,13 @@ def test_a_sweep_is_refused_a_workdir_in_use(tmp_path):
     with pytest.raises(workdir.WorkdirError, match='in use by another run'):
       sweep.run(sweep_configs.get_config('tiny'), str(tmp_path))
   assert os.listdir(tmp_path) == ['.lock']
+
+
+def test_heatmap_text_is_dark_on_light_cells_and_light_on_dark():
+  viridis = colormaps['viridis']
+  assert sweep_plot.text_color(viridis(1.0)) == 'black'  # Yellow.
+  assert sweep_plot.text_color(viridis(0.8)) == 'black'  # Light green.
+  assert sweep_plot.text_color(viridis(0.2)) == 'white'  # Blue-purple.
+  assert sweep_plot.text_color(viridis(0.0)) == 'white'  # Dark purple.
+  # A cell without a value is transparent over the white figure.
+  assert sweep_plot.text_color((0.0, 0.0, 0.0, 0.0)) == 'black'
