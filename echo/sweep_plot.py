@@ -106,11 +106,30 @@ def final_loss(rows, path):
   _save(figure, path)
 
 
+def text_color(background):
+  """'black' on a light cell colour (RGBA), 'white' on a dark one.
+
+  Light means a relative luminance (ITU-R BT.709 weights of the
+  linearised sRGB channels) above 0.18, where black and white text have
+  about the same contrast. A cell with no value (transparent) shows the
+  white figure, so its text is black.
+  """
+  red, green, blue, alpha = background
+  if alpha == 0:
+    return 'black'
+  linear = [
+    c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+    for c in (red, green, blue)
+  ]
+  luminance = np.dot([0.2126, 0.7152, 0.0722], linear)
+  return 'black' if luminance > 0.18 else 'white'
+
+
 def heatmap(rows, x, y, path, score='eval_accuracy'):
   """Mean `score` over the members of each (`x`, `y`) cell, as a PNG.
 
   The mean runs over the seeds and any other swept axis; each cell is
-  labelled with its value.
+  labelled with its value, in black on light colours and white on dark.
   """
   x_values = sorted({row[x] for row in rows})
   y_values = sorted({row[y] for row in rows})
@@ -138,8 +157,8 @@ def heatmap(rows, x, y, path, score='eval_accuracy'):
         f'{grid[i, j]:.2f}',
         ha='center',
         va='center',
-        fontsize='x-small',
-        color='white' if grid[i, j] < np.nanmean(grid) else 'black',
+        fontsize=10,
+        color=text_color(image.cmap(image.norm(grid[i, j]))),
       )
   panel.set_xticks(range(len(x_values)), x_values)
   panel.set_yticks(range(len(y_values)), y_values)
