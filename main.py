@@ -193,8 +193,19 @@ def main(argv):
     sys.exit(f'error: --workdir={workdir}: {error}')
   except KeyboardInterrupt:
     # Only a sweep, or a second Ctrl-C, gets here: a run stops cleanly.
-    print(f'Interrupted; nothing more was saved in {workdir}', file=sys.stderr)
-    sys.exit(128 + signal.SIGINT)
+    if 'sweep' in config:
+      again = 'start the sweep again with --fresh, which moves it aside'
+    else:
+      again = 'the same command goes on from the last checkpoint'
+    print(
+      f'Interrupted; nothing more was saved in {workdir}; {again}',
+      file=sys.stderr,
+      flush=True,
+    )
+    # XLA may still be compiling or running on its own threads: tearing the
+    # interpreter down under them can crash, so leave at once.
+    logging.flush()
+    os._exit(128 + signal.SIGINT)
   stopped_by = result['stopped_by']
   if stopped_by:
     resume = _command(

@@ -238,3 +238,39 @@ def test_the_printed_commands_replace_flags_in_any_spelling(monkeypatch):
     'python main.py --config=configs/default.py:tiny --config.seed=3 '
     "'--workdir=runs/my run'"
   )
+
+
+def test_ctrl_c_stops_a_sweep_with_one_line_and_no_crash(tmp_path):
+  workdir = tmp_path / 'sweep'
+  stderr = tmp_path / 'stderr.txt'
+  with open(stderr, 'w') as log:
+    process = subprocess.Popen(
+      [
+        sys.executable,
+        'main.py',
+        '--config=configs/sweep.py',
+        f'--workdir={workdir}',
+      ],
+      cwd=ROOT,
+      stdout=subprocess.DEVNULL,
+      stderr=log,
+    )
+    try:
+      deadline = time.monotonic() + 240  # Against a hang; not a measurement.
+      # config.json is written just before the first program compiles.
+      while not (workdir / 'config.json').exists():
+        assert process.poll() is None, stderr.read_text()
+        assert time.monotonic() < deadline, 'the sweep did not start'
+        time.sleep(0.05)
+      # While its first program compiles or trains, in XLA's own threads.
+      time.sleep(1.0)
+      process.send_signal(signal.SIGINT)
+      assert process.wait(timeout=240) == 128 + signal.SIGINT
+    finally:
+      process.kill()
+  text = stderr.read_text()
+  assert 'Fatal Python error' not in text and 'Traceback' not in text
+  assert text.strip().splitlines()[-1] == (
+    f'Interrupted; nothing more was saved in {workdir}; start the sweep '
+    'again with --fresh, which moves it aside'
+  )
