@@ -49,12 +49,12 @@ def holds_a_run(workdir):
   return any(os.path.exists(os.path.join(workdir, name)) for name in _RUN_FILES)
 
 
-def _flatten(tree, prefix=''):
+def flatten(tree, prefix=''):
   """{'data.batch_size': 5, ...} for a nested dict of values."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
+      flat.update(flatten(value, f'{prefix}{key}.'))
     else:
       flat[prefix + key] = value
   return flat
@@ -71,7 +71,7 @@ def config_changes(saved, requested):
     (refused, allowed): lists of (field, saved value, requested value); a
     field one config lacks has the value None there.
   """
-  saved, requested = _flatten(saved), _flatten(requested)
+  saved, requested = flatten(saved), flatten(requested)
   refused, allowed = [], []
   for field in sorted(saved.keys() | requested.keys()):
     change = (field, saved.get(field), requested.get(field))

@@ -27,6 +27,32 @@ def _main(*args, env=None):
   )
 
 
+def _signal_main(signum, stderr, ready, *args, settle=0.0):
+  """Starts main.py with `args`, sends `signum` once `ready()` holds (and
+  `settle` seconds more), and checks that it exits as ended by that signal.
+
+  Its standard error goes to the file `stderr`.
+  """
+  with open(stderr, 'w') as log:
+    process = subprocess.Popen(
+      [sys.executable, 'main.py', *args],
+      cwd=ROOT,
+      stdout=subprocess.DEVNULL,
+      stderr=log,
+    )
+    try:
+      deadline = time.monotonic() + 240  # Against a hang; not a measurement.
+      while not ready():
+        assert process.poll() is None, stderr.read_text()
+        assert time.monotonic() < deadline, 'not ready within 240 s'
+        time.sleep(0.05)
+      time.sleep(settle)
+      process.send_signal(signum)
+      assert process.wait(timeout=240) == 128 + signum
+    finally:
+      process.kill()
+
+
 def test_tiny_run_writes_config_and_metrics_with_the_override(tmp_path):
   workdir = tmp_path / 'run'
   done = _main(
@@ -139,31 +165,16 @@ def test_sigterm_saves_the_last_chunk_and_the_printed_command_resumes(
   metrics = workdir / 'metrics.jsonl'
   stderr = tmp_path / 'stderr.txt'
   # So many epochs that the run is still training when the signal comes.
-  with open(stderr, 'w') as log:
-    process = subprocess.Popen(
-      [
-        sys.executable,
-        'main.py',
-        '--config=configs/default.py:tiny',
-        '--config.num_epochs=100000',
-        # No checkpoint falls due before the end: the stop must save its own.
-        '--config.checkpoint.every_chunks=1000000',
-        f'--workdir={workdir}',
-      ],
-      cwd=ROOT,
-      stdout=subprocess.DEVNULL,
-      stderr=log,
-    )
-    try:
-      deadline = time.monotonic() + 240  # Against a hang; not a measurement.
-      while not metrics.exists() or metrics.read_text().count('\n') < 3:
-        assert process.poll() is None, stderr.read_text()
-        assert time.monotonic() < deadline, 'no metrics within 240 s'
-        time.sleep(0.05)
-      process.send_signal(signal.SIGTERM)
-      assert process.wait(timeout=240) == 128 + signal.SIGTERM
-    finally:
-      process.kill()
+  _signal_main(
+    signal.SIGTERM,
+    stderr,
+    lambda: metrics.exists() and metrics.read_text().count('\n') >= 3,
+    '--config=configs/default.py:tiny',
+    '--config.num_epochs=100000',
+    # No checkpoint falls due before the end: the stop must save its own.
+    '--config.checkpoint.every_chunks=1000000',
+    f'--workdir={workdir}',
+  )
 
   line = stderr.read_text().strip().splitlines()[-1]
   stopped = re.match(r'Stopped by SIGTERM at epoch (\d+), window (\d+)', line)
@@ -243,31 +254,16 @@ def test_the_printed_commands_replace_flags_in_any_spelling(monkeypatch):
 def test_ctrl_c_stops_a_sweep_with_one_line_and_no_crash(tmp_path):
   workdir = tmp_path / 'sweep'
   stderr = tmp_path / 'stderr.txt'
-  with open(stderr, 'w') as log:
-    process = subprocess.Popen(
-      [
-        sys.executable,
-        'main.py',
-        '--config=configs/sweep.py',
-        f'--workdir={workdir}',
-      ],
-      cwd=ROOT,
-      stdout=subprocess.DEVNULL,
-      stderr=log,
-    )
-    try:
-      deadline = time.monotonic() + 240  # Against a hang; not a measurement.
-      # config.json is written just before the first program compiles.
-      while not (workdir / 'config.json').exists():
-        assert process.poll() is None, stderr.read_text()
-        assert time.monotonic() < deadline, 'the sweep did not start'
-        time.sleep(0.05)
-      # While its first program compiles or trains, in XLA's own threads.
-      time.sleep(1.0)
-      process.send_signal(signal.SIGINT)
-      assert process.wait(timeout=240) == 128 + signal.SIGINT
-    finally:
-      process.kill()
+  # config.json is written just before the first program compiles; the
+  # signal comes while it compiles or trains, in XLA's own threads.
+  _signal_main(
+    signal.SIGINT,
+    stderr,
+    lambda: (workdir / 'config.json').exists(),
+    '--config=configs/sweep.py',
+    f'--workdir={workdir}',
+    settle=1.0,
+  )
   text = stderr.read_text()
   assert 'Fatal Python error' not in text and 'Traceback' not in text
   assert text.strip().splitlines()[-1] == (

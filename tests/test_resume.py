@@ -210,27 +210,40 @@ def test_restoring_gives_back_what_was_saved(finished):
   )
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
-  monkeypatch, tmp_path
-):
+def _poisoned_config(monkeypatch, poison):
+  """The `finished` config, whose chunks end with `poison(state, losses)`.
+
+  Returns the config, with saved programs off: a saved program of this
+  config would not be poisoned.
+  """
   original = train._Trainer._train_chunk
 
   def poisoned(self, state, carries, inputs, targets, start):
-    # From window 75 of the run on, the loss and parameters turn to NaN.
     state, carries, losses = original(
       self, state, carries, inputs, targets, start
     )
+    state, losses = poison(state, losses)
+    return state, carries, losses
+
+  monkeypatch.setattr(train._Trainer, '_train_chunk', poisoned)
+  config = finished_config()
+  config.compile_cache_dir = ''
+  return config
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+  monkeypatch, tmp_path
+):
+  def poison(state, losses):
+    # From window 75 of the run on, the loss and parameters turn to NaN.
     windows = state.step - losses.shape[0] + jnp.arange(losses.shape[0])
     losses = jnp.where(windows >= 75, jnp.nan, losses)
     params = jax.tree.map(
       lambda p: jnp.where(windows[-1] >= 75, jnp.nan, p), state.params
     )
-    return state.replace(params=params), carries, losses
+    return state.replace(params=params), losses
 
-  monkeypatch.setattr(train._Trainer, '_train_chunk', poisoned)
-  config = finished_config()
-  # Traced afresh: a saved program of this config would not be poisoned.
-  config.compile_cache_dir = ''
+  config = _poisoned_config(monkeypatch, poison)
   run = str(tmp_path / 'run')
   with pytest.raises(train.Diverged) as error:
     train.train_and_evaluate(config, run)
@@ -251,22 +264,15 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
 def test_an_update_that_leaves_the_state_not_finite_is_never_saved(
   monkeypatch, tmp_path
 ):
-  original = train._Trainer._train_chunk
-
-  def poisoned(self, state, carries, inputs, targets, start):
+  def poison(state, losses):
     # The update of window 59 makes the parameters infinite; every loss,
     # taken before its window's update, stays finite.
-    state, carries, losses = original(
-      self, state, carries, inputs, targets, start
-    )
     params = jax.tree.map(
       lambda p: jnp.where(state.step == 60, jnp.inf, p), state.params
     )
-    return state.replace(params=params), carries, losses
+    return state.replace(params=params), losses
 
-  monkeypatch.setattr(train._Trainer, '_train_chunk', poisoned)
-  config = finished_config()  # A checkpoint every 30 windows.
-  config.compile_cache_dir = ''  # Traced afresh, with the poison.
+  config = _poisoned_config(monkeypatch, poison)  # A checkpoint every 30.
   run = str(tmp_path / 'run')
   with pytest.raises(train.Diverged) as error:
     train.train_and_evaluate(config, run)

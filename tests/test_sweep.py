@@ -225,17 +225,6 @@ def test_a_member_equals_its_run_alone(grid, tmp_path, index):
   )
 
 
-def _fields(config, prefix=''):
-  """{'data.echo_step': 2, ...}: every leaf field of a nested dict."""
-  fields = {}
-  for name, value in config.items():
-    if isinstance(value, dict):
-      fields.update(_fields(value, f'{prefix}{name}.'))
-    else:
-      fields[prefix + name] = value
-  return fields
-
-
 def test_a_member_equals_main_py_run_alone(tmp_path):
   config = sweep_configs.get_config('tiny')
   # 2 seeds x 2 learning rates x 2 echo steps, vmapped in one program.
@@ -256,8 +245,8 @@ def test_a_member_equals_main_py_run_alone(tmp_path):
     if all(row[name] == value for name, value in member.items())
   ]
   run_config = sweep.member_config(config, member)
-  want = _fields(json.loads(run_config.to_json_best_effort()))
-  have = _fields(json.loads(base.to_json_best_effort()))
+  want = workdir.flatten(json.loads(run_config.to_json_best_effort()))
+  have = workdir.flatten(json.loads(base.to_json_best_effort()))
   flags = [
     f'--config.{path}={value}'
     for path, value in want.items()
@@ -270,7 +259,8 @@ def test_a_member_equals_main_py_run_alone(tmp_path):
     '--config=configs/default.py:tiny', *flags, f'--workdir={run_dir}'
   )
   assert done.returncode == 0, done.stderr
-  assert _fields(json.loads((run_dir / 'config.json').read_text())) == want
+  saved = json.loads((run_dir / 'config.json').read_text())
+  assert workdir.flatten(saved) == want
   records = [r for r in metrics.read(str(run_dir)) if 'loss' in r]
   assert len(records) == 4 * 5  # 4 epochs of 50 windows, a line every 10.
   losses = result['losses'][index]
