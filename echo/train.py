@@ -221,8 +221,8 @@ class _Trainer:
   """Compiled pieces of one run, built once from its config.
 
   Each is a `programs.SavedProgram`: with `config.compile_cache_dir` set, a
-  second run of the same config reads its traced programs from there instead
-  of tracing them again.
+  second run of the same config loads its compiled programs from there
+  instead of tracing and compiling them again.
   """
 
   def __init__(self, config):
