@@ -12,7 +12,8 @@ A program is saved under a key made of everything that decides what it
 computes and what it runs on: its name, a description of the config it was
 built from, the tree structure, shapes and dtypes of its arguments, which of
 them are donated, the source of every module of this package, the versions
-of jax, jaxlib, flax and optax, the device, the processor and XLA's flags.
+of jax, jaxlib, flax and optax, the device, the processor, XLA's flags and
+the CPU client's thread count.
 Any change to one of these compiles afresh and saves another file; a file
 that cannot be read is compiled again and replaced. Files are a few hundred
 kB and are never deleted.
@@ -63,6 +64,8 @@ def _environment_digest():
     platform.machine(),
     _processor(),
     os.environ.get('XLA_FLAGS', ''),
+    # The CPU client's thread count, which XLA may plan its kernels for.
+    os.environ.get('PJRT_NPROC', ''),
     repr(jax.config.jax_enable_x64),
   ):
     digest.update(part.encode())
