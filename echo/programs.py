@@ -13,10 +13,9 @@ computes and what it runs on: its name, a description of the config it was
 built from, the tree structure, shapes and dtypes of its arguments, which of
 them are donated, the source of every module of this package, the versions
 of jax, jaxlib, flax and optax, the device, the processor, XLA's flags and
-the CPU client's thread count.
-Any change to one of these compiles afresh and saves another file; a file
-that cannot be read is compiled again and replaced. Files are a few hundred
-kB and are never deleted.
+the CPU client's thread count. Any change to one of these compiles afresh
+and saves another file; a file that cannot be read is compiled again and
+replaced. Files are a few hundred kB and are never deleted.
 
 A program is saved only from a process that has no persistent compilation
 cache configured: XLA's CPU client cannot serialize again an executable that
