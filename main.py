@@ -16,8 +16,10 @@ losses.npz and plots (see echo/sweep.py).
 import signal
 
 # Ctrl-C while Python loads the modules below ends the process at once, as
-# nothing has been written yet; `_run_and_leave` restores Python's handler.
-signal.signal(signal.SIGINT, signal.SIG_DFL)
+# nothing has been written yet (unless the shell started it ignoring Ctrl-C,
+# as for `command &` in a script); `_run_and_leave` sets the handler after.
+if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 import json
 import logging as std_logging
@@ -128,6 +130,37 @@ def _quiet_libraries():
   logging.get_absl_handler().addFilter(keep)
 
 
+class _LeaveAtOnce:
+  """SIGINT and SIGTERM outside a run's training loop: one line, then exit.
+
+  Outside that loop (which stops between chunks, see echo/stop.py) a signal
+  ends the process at once. No KeyboardInterrupt is raised: one raised in a
+  callback of JAX's or of the garbage collector is printed and lost, and
+  tearing the interpreter down while XLA compiles or runs on its own threads
+  can crash it.
+
+  Attributes:
+    outcome: what the line says is left, and how to go on.
+  """
+
+  def __init__(self):
+    self.outcome = 'nothing was written'
+
+  def __call__(self, number, frame):
+    del frame
+    name = signal.Signals(number).name
+    try:
+      print(f'Stopped by {name} at once; {self.outcome}', file=sys.stderr)
+      sys.stderr.flush()
+      logging.flush()
+    finally:
+      # Even if the signal came while stderr was being written to.
+      os._exit(128 + number)
+
+
+_LEAVE_AT_ONCE = _LeaveAtOnce()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -160,8 +193,16 @@ def main(argv):
     logging.info('workdir: %s', workdir)
     _quiet_libraries()
     if 'sweep' in config:
+      _LEAVE_AT_ONCE.outcome = (
+        f'{workdir} keeps what the sweep wrote before; start it again with '
+        '--fresh, which moves it aside'
+      )
       sweep.run(config, workdir)
       return
+    _LEAVE_AT_ONCE.outcome = (
+      f'{workdir} keeps what was saved before; the same command goes on from '
+      'its newest checkpoint, if it has one'
+    )
     result = train.train_and_evaluate(config, workdir)
   except train.Diverged as error:
     retry = _command(
@@ -191,21 +232,6 @@ def main(argv):
   except (OSError, json.JSONDecodeError) as error:
     # The workdir cannot be made, read or written.
     sys.exit(f'error: --workdir={workdir}: {error}')
-  except KeyboardInterrupt:
-    # Only a sweep, or a second Ctrl-C, gets here: a run stops cleanly.
-    if 'sweep' in config:
-      again = 'start the sweep again with --fresh, which moves it aside'
-    else:
-      again = 'the same command goes on from the last checkpoint'
-    print(
-      f'Interrupted; nothing more was saved in {workdir}; {again}',
-      file=sys.stderr,
-      flush=True,
-    )
-    # XLA may still be compiling or running on its own threads: tearing the
-    # interpreter down under them can crash, so leave at once.
-    logging.flush()
-    os._exit(128 + signal.SIGINT)
   stopped_by = result['stopped_by']
   if stopped_by:
     resume = _command(
@@ -229,7 +255,9 @@ def _run_and_leave():
   JAX, orbax and matplotlib would then take most of a second more. Errors
   and signal stops leave through the usual exit.
   """
-  signal.signal(signal.SIGINT, signal.default_int_handler)
+  for number in (signal.SIGINT, signal.SIGTERM):
+    if signal.getsignal(number) is not signal.SIG_IGN:
+      signal.signal(number, _LEAVE_AT_ONCE)
   try:
     app.run(main, flags_parser=_parse_flags)
   except SystemExit as leaving:

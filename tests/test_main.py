@@ -251,13 +251,14 @@ def test_the_printed_commands_replace_flags_in_any_spelling(monkeypatch):
   )
 
 
-def test_ctrl_c_stops_a_sweep_with_one_line_and_no_crash(tmp_path):
+@pytest.mark.parametrize('number', [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_a_sweep_at_once_with_one_line(tmp_path, number):
   workdir = tmp_path / 'sweep'
   stderr = tmp_path / 'stderr.txt'
   # config.json is written just before the first program compiles; the
   # signal comes while it compiles or trains, in XLA's own threads.
   _signal_main(
-    signal.SIGINT,
+    number,
     stderr,
     lambda: (workdir / 'config.json').exists(),
     '--config=configs/sweep.py',
@@ -267,6 +268,7 @@ def test_ctrl_c_stops_a_sweep_with_one_line_and_no_crash(tmp_path):
   text = stderr.read_text()
   assert 'Fatal Python error' not in text and 'Traceback' not in text
   assert text.strip().splitlines()[-1] == (
-    f'Interrupted; nothing more was saved in {workdir}; start the sweep '
-    'again with --fresh, which moves it aside'
+    f'Stopped by {signal.Signals(number).name} at once; {workdir} keeps what '
+    'the sweep wrote before; start it again with --fresh, which moves it '
+    'aside'
   )
