@@ -13,9 +13,10 @@ computes and what it runs on: its name, a description of the config it was
 built from, the tree structure, shapes and dtypes of its arguments, which of
 them are donated, the source of every module of this package, the versions
 of jax, jaxlib, flax and optax, the device, the processor, XLA's flags and
-the CPU client's thread count. Any change to one of these compiles afresh
-and saves another file; a file that cannot be read is compiled again and
-replaced. Files are a few hundred kB and are never deleted.
+the CPU client's thread count, and JAX's settings. Any change to one of these
+compiles afresh and saves another file. Each file starts with the sha256 of
+what follows; one that does not match, or cannot be read, is compiled again
+and replaced. Files are a few hundred kB and are never deleted.
 
 A program is saved only from a process that has no persistent compilation
 cache configured: XLA's CPU client cannot serialize again an executable that
@@ -34,6 +35,7 @@ import importlib.metadata
 import os
 import pickle
 import platform
+import re
 import tempfile
 
 import jax
@@ -43,11 +45,18 @@ from jax.experimental import serialize_executable
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax')
 _SUFFIX = '.xla'
+# JAX settings that change what is logged, cached or dumped, not what a
+# program computes; every other setting is part of the key.
+_UNKEYED_SETTINGS = re.compile(
+  r'cache|log|dump|explain|traceback|debug_info|captured_constants'
+)
+# A saved file: the sha256 of the pickled program, then the pickled program.
+_DIGEST_BYTES = 32
 
 
 @functools.cache
-def _environment_digest():
-  """sha256 of this package's source and of what the programs run on."""
+def _code_digest():
+  """sha256 of this package's source, as loaded, and the libraries' versions."""
   digest = hashlib.sha256()
   for path in sorted(glob.glob(os.path.join(_PACKAGE, '*.py'))):
     digest.update(os.path.basename(path).encode())
@@ -55,8 +64,13 @@ def _environment_digest():
       digest.update(f.read())
   for library in _LIBRARIES:
     digest.update(f'{library}=={importlib.metadata.version(library)}'.encode())
+  return digest.hexdigest()
+
+
+def _environment():
+  """What the programs run on and JAX's settings now, as strings."""
   device = jax.devices()[0]
-  for part in (
+  return (
     device.platform,
     device.device_kind,
     device.client.platform_version,
@@ -65,11 +79,15 @@ def _environment_digest():
     os.environ.get('XLA_FLAGS', ''),
     # The CPU client's thread count, which XLA may plan its kernels for.
     os.environ.get('PJRT_NPROC', ''),
-    repr(jax.config.jax_enable_x64),
-  ):
-    digest.update(part.encode())
-    digest.update(b'\0')
-  return digest.hexdigest()
+    # The PRNG, x64, precision and the like change what a program computes.
+    repr(
+      sorted(
+        (name, repr(value))
+        for name, value in jax.config.values.items()
+        if not _UNKEYED_SETTINGS.search(name)
+      )
+    ),
+  )
 
 
 def _processor():
@@ -153,7 +171,8 @@ class SavedProgram:
       repr(in_tree),
       repr(avals),
       repr(self._donate_argnums),
-      _environment_digest(),
+      _code_digest(),
+      *_environment(),
     ):
       digest.update(part.encode())
       digest.update(b'\0')
@@ -177,7 +196,12 @@ def _read(path):
   """The jax.stages.Compiled saved in `path`, or None if it cannot be read."""
   try:
     with open(path, 'rb') as f:
-      payload, in_tree, out_tree = pickle.load(f)
+      digest, blob = f.read(_DIGEST_BYTES), f.read()
+    # A damaged executable could crash the process or compute wrong numbers
+    # when run, so only an intact file is loaded.
+    if hashlib.sha256(blob).digest() != digest:
+      raise ValueError('its checksum does not match')
+    payload, in_tree, out_tree = pickle.loads(blob)
     return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
   except FileNotFoundError:
     return None
@@ -191,8 +215,10 @@ def _write(path, serialized):
   directory = os.path.dirname(path)
   try:
     os.makedirs(directory, exist_ok=True)
+    blob = pickle.dumps(serialized)
     with tempfile.NamedTemporaryFile(dir=directory, delete=False) as f:
-      pickle.dump(serialized, f)
+      f.write(hashlib.sha256(blob).digest())
+      f.write(blob)
     os.replace(f.name, path)
   except OSError as error:
     # The run goes on; the next one compiles again.

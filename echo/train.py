@@ -253,9 +253,16 @@ class _Trainer:
       config.compile_cache_dir, 'programs'
     )
     # What the programs compute depends on the config, but not on the fields
-    # that only say which run this is or how it is kept.
+    # that only say which run this is, how it is kept, or (cpu_threads, which
+    # SavedProgram keys by the thread count in force) where it runs.
     description = config.copy_and_resolve_references().to_dict()
-    for field in ('seed', 'num_epochs', 'checkpoint'):
+    for field in (
+      'seed',
+      'num_epochs',
+      'checkpoint',
+      'compile_cache_dir',
+      'cpu_threads',
+    ):
       description.pop(field)
     return programs_lib.SavedProgram(
       fun,

@@ -67,27 +67,52 @@ def test_the_key_follows_what_is_computed_not_which_run(cached):
   cached.num_epochs = 9
   cached.checkpoint.keep = 1
   assert chunk_path(cached) == base
+  cached.cpu_threads = 2  # Keyed by the thread count in force instead.
+  cached.compile_cache_dir = cached.compile_cache_dir + '-moved'
+  assert os.path.basename(chunk_path(cached)) == os.path.basename(base)
   cached.model.state_size = 8
-  assert chunk_path(cached) != base
+  assert os.path.basename(chunk_path(cached)) != os.path.basename(base)
   cached.model.state_size = 4
   # Every other field counts, even one that the chunk reads from its state.
   cached.train.learning_rate = 0.1
-  assert chunk_path(cached) != base
+  assert os.path.basename(chunk_path(cached)) != os.path.basename(base)
+  cached.train.learning_rate = 0.5
+  assert os.path.basename(chunk_path(cached)) == os.path.basename(base)
+  # So do JAX's settings that change what a program computes.
+  precision = jax.config.jax_default_matmul_precision
+  try:
+    jax.config.update('jax_default_matmul_precision', 'highest')
+    assert os.path.basename(chunk_path(cached)) != os.path.basename(base)
+  finally:
+    jax.config.update('jax_default_matmul_precision', precision)
 
 
-def test_a_damaged_program_is_compiled_again_and_replaced(cached, tmp_path):
+@pytest.mark.parametrize('damage', ['cut short', 'one byte changed'])
+def test_a_damaged_program_is_compiled_again_and_replaced(
+  cached, tmp_path, damage
+):
   _skip_unless_saving()
   first = _run(cached, tmp_path, 'first')
   folder = os.path.join(cached.compile_cache_dir, 'programs')
   (chunk,) = [name for name in os.listdir(folder) if 'train_chunk' in name]
   path = os.path.join(folder, chunk)
-  size = os.path.getsize(path)
+  with open(path, 'rb') as f:
+    intact = f.read()
+  assert programs._read(path) is not None
   with open(path, 'r+b') as f:
-    f.truncate(size // 2)
+    if damage == 'cut short':
+      f.truncate(len(intact) // 2)
+    else:
+      # Inside the executable's machine code, where a load would succeed.
+      f.seek(len(intact) // 2)
+      f.write(bytes([intact[len(intact) // 2] ^ 0xFF]))
+  assert programs._read(path) is None
 
   second = _run(cached, tmp_path, 'second')
   np.testing.assert_array_equal(second['losses'], first['losses'])
-  assert os.path.getsize(path) == size
+  assert second['traces'] == 1
+  # The damaged file does not load; the one in its place now does.
+  assert programs._read(path) is not None
 
 
 def test_no_program_is_saved_beside_a_persistent_compilation_cache():
