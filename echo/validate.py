@@ -104,10 +104,10 @@ def validate(config):
     raise ConfigError(
       f'config.model.forget_bias={config.model.forget_bias} must be finite'
     )
-  if config.train.initial_accumulator < 0:
+  if not 0 <= config.train.initial_accumulator < math.inf:
     raise ConfigError(
       'config.train.initial_accumulator='
-      f'{config.train.initial_accumulator} must be >= 0'
+      f'{config.train.initial_accumulator} must be finite and >= 0'
     )
   if config.cpu_threads < 0:
     raise ConfigError(

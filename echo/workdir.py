@@ -103,10 +103,13 @@ def prepare(config, workdir):
       with open(path) as f:
         saved = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
+      saved = error
+    if not isinstance(saved, dict):
+      reason = saved if isinstance(saved, Exception) else 'not an object'
       raise WorkdirError(
-        f'{path} cannot be read as a config ({error}); start afresh with '
+        f'{path} cannot be read as a config ({reason}); start afresh with '
         'main.py --fresh (which moves the old run aside) or another --workdir'
-      ) from None
+      )
     if 'sweep' in saved and 'sweep' not in requested:
       raise WorkdirError(
         f'{workdir} holds a sweep, not a run; choose another --workdir, or '
@@ -155,7 +158,10 @@ def lock(workdir):
   """Holds `workdir` for one process: a second one is refused, not mixed in.
 
   The lock is an flock on WORKDIR/.lock, so the system lets go of it when the
-  process ends, however it ends.
+  process ends, however it ends. A folder that still holds no run when the
+  context ends (it was refused, or the run failed before it started) is left
+  as it was found: the .lock made here is removed, and so is the folder if
+  this made it and it is empty.
 
   Raises:
     WorkdirError: if another process holds the workdir.
@@ -164,8 +170,25 @@ def lock(workdir):
     raise WorkdirError(
       f'--workdir={workdir} is a file; a run needs a folder there'
     )
+  made_folder = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, _LOCK), 'a+') as f:
+  path = os.path.join(workdir, _LOCK)
+  made_lock = not os.path.exists(path)
+  try:
+    with _locked(workdir, path):
+      yield
+  finally:
+    if made_lock and not holds_a_run(workdir):
+      with contextlib.suppress(OSError):
+        os.remove(path)
+        if made_folder and not os.listdir(workdir):
+          os.rmdir(workdir)
+
+
+@contextlib.contextmanager
+def _locked(workdir, path):
+  """The flock of `lock`, on the file `path`."""
+  with open(path, 'a+') as f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -306,7 +306,7 @@ def test_a_folder_that_holds_no_run_is_neither_moved_nor_written(
   assert workdir.move_aside(str(folder)) is None
   with pytest.raises(workdir.WorkdirError, match=r'holds files but no run'):
     train.train_and_evaluate(tiny, str(folder))
-  assert sorted(os.listdir(folder)) == ['.lock', 'notes.txt']
+  assert os.listdir(folder) == ['notes.txt']
   assert (folder / 'notes.txt').read_text() == 'mine'
 
 
@@ -314,6 +314,8 @@ def test_a_folder_that_holds_no_run_is_neither_moved_nor_written(
   'saved, message',
   [
     ('', r'config.json cannot be read as a config'),
+    ('[1, 2]', r'config.json cannot be read as a config \(not an object\)'),
+    ('null', r'config.json cannot be read as a config \(not an object\)'),
     ('{"sweep": {"num_seeds": 4}}', r'holds a sweep, not a run'),
   ],
 )
@@ -346,6 +348,16 @@ def test_only_the_newest_checkpoints_are_kept(tiny, tmp_path):
   # 100 windows in chunks of 10: saved every 20 windows, the last 2 kept.
   kept = sorted(int(step) for step in os.listdir(run / 'checkpoints'))
   assert kept == [80, 100]
+
+
+def test_a_lock_leaves_no_trace_where_no_run_started(tmp_path):
+  path = tmp_path / 'new'
+  with workdir.lock(str(path)):
+    assert os.listdir(path) == ['.lock']
+  assert not path.exists()
+  with workdir.lock(str(path)):
+    (path / 'config.json').write_text('{}')
+  assert sorted(os.listdir(path)) == ['.lock', 'config.json']
 
 
 def test_a_workdir_in_use_is_refused_and_not_moved(tiny, tmp_path):

@@ -396,7 +396,8 @@ def test_a_sweep_is_refused_a_workdir_in_use(tmp_path):
   with workdir.lock(str(tmp_path)):
     with pytest.raises(workdir.WorkdirError, match='in use by another run'):
       sweep.run(sweep_configs.get_config('tiny'), str(tmp_path))
-  assert os.listdir(tmp_path) == ['.lock']
+    assert os.listdir(tmp_path) == ['.lock']  # Only the holder's lock.
+  assert os.listdir(tmp_path) == []  # Which goes with the holder.
 
 
 def test_heatmap_text_is_dark_on_light_cells_and_light_on_dark():

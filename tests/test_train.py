@@ -90,6 +90,8 @@ def test_every_cell_trains(tiny, tmp_path, cell):
     ('seed', 2**31, 'from -2147483648 to 2147483647'),
     ('seed', -(2**31) - 1, 'from -2147483648 to 2147483647'),
     ('model.forget_bias', float('nan'), 'must be finite'),
+    ('train.initial_accumulator', float('nan'), 'finite and >= 0'),
+    ('train.initial_accumulator', -0.1, 'finite and >= 0'),
   ],
 )
 def test_a_config_that_cannot_work_fails_before_anything_is_written(
