@@ -29,8 +29,9 @@ def plot_losses(path, records, windows_per_epoch):
   train = [r for r in records if 'loss' in r]
   evaluations = [r for r in records if 'eval_loss' in r]
   # Fixed margins: a layout engine would take as long as the drawing.
-  figure = Figure(figsize=(8, 4.5), dpi=_DPI)
-  figure.subplots_adjust(left=0.1, right=0.98, bottom=0.12, top=0.92)
+  figure = Figure(figsize=(8, 5), dpi=_DPI)
+  # Room below for the legend, which inside the axes would hide some curve.
+  figure.subplots_adjust(left=0.1, right=0.98, bottom=0.24, top=0.93)
   axes = figure.add_subplot()
   steps = [r['step'] for r in train]
   axes.plot(
@@ -65,7 +66,12 @@ def plot_losses(path, records, windows_per_epoch):
   # powers of ten, also when the loss spans less than one decade.
   axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
   axes.yaxis.set_major_formatter(StrMethodFormatter('{x:g}'))
-  axes.yaxis.set_minor_formatter(NullFormatter())
+  low, high = axes.get_ylim()
+  if high < 10 * low:
+    # Under a decade, one major tick may be all there is: label them all.
+    axes.yaxis.set_minor_formatter(StrMethodFormatter('{x:g}'))
+  else:
+    axes.yaxis.set_minor_formatter(NullFormatter())
   axes.set_xlabel(
     f'windows trained ({windows_per_epoch} an epoch; grey lines mark epochs)'
   )
@@ -76,8 +82,7 @@ def plot_losses(path, records, windows_per_epoch):
     title += f' (last evaluation: accuracy {accuracy:.3f})'
   axes.set_title(title)
   axes.grid(True, which='both', alpha=0.3)
-  # The loss starts high and falls: the bottom left stays free.
-  axes.legend(loc='lower left')
+  figure.legend(loc='lower center', ncols=2, frameon=False)
   figure.savefig(path)
 
 
