@@ -25,7 +25,7 @@ from echo import sweep, train  # noqa: E402
 
 _SEEDS = flags.DEFINE_integer('seeds', 64, 'Seeds in the large sweep.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls; the best counts.')
-# TODO: on a 2-core CPU, 64 members take about 35x the time of 1 (see
+# TODO: on a 2-core CPU, 64 members take about 41x the time of 1 (see
 # benchmarks/README.md for what was tried); the 2x goal is still unmeasured
 # on a GPU, where one seed leaves the device idle.
 _GOAL = 2.0
