@@ -90,6 +90,7 @@ def _environment():
   )
 
 
+@functools.cache
 def _processor():
   """The host processor's model and instruction-set flags, where known.
 

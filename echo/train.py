@@ -235,20 +235,6 @@ class _Trainer:
     # from disk): once each per run.
     self.traces = 0
     self.eval_traces = 0
-    self.start = self._program(self._start, 'start')
-    self.epoch_windows = self._program(self._epoch_windows, 'epoch_windows')
-    self.train_chunk = self._program(
-      self._train_chunk,
-      'train_chunk',
-      donate_argnums=(0, 1),
-      on_build=self._count_trace,
-    )
-    self.evaluate = self._program(
-      self._evaluate, 'evaluate', on_build=self._count_eval_trace
-    )
-
-  def _program(self, fun, name, donate_argnums=(), on_build=None):
-    config = self.config
     directory = config.compile_cache_dir and os.path.join(
       config.compile_cache_dir, 'programs'
     )
@@ -264,13 +250,21 @@ class _Trainer:
       'cpu_threads',
     ):
       description.pop(field)
-    return programs_lib.SavedProgram(
-      fun,
-      name,
-      json.dumps(description, sort_keys=True),
-      directory,
-      donate_argnums=donate_argnums,
-      on_build=on_build,
+    program = functools.partial(
+      programs_lib.SavedProgram,
+      description=json.dumps(description, sort_keys=True),
+      directory=directory,
+    )
+    self.start = program(self._start, 'start')
+    self.epoch_windows = program(self._epoch_windows, 'epoch_windows')
+    self.train_chunk = program(
+      self._train_chunk,
+      'train_chunk',
+      donate_argnums=(0, 1),
+      on_build=self._count_trace,
+    )
+    self.evaluate = program(
+      self._evaluate, 'evaluate', on_build=self._count_eval_trace
     )
 
   def _count_trace(self):

@@ -128,10 +128,7 @@ def prepare(config, workdir):
       )
     for field, old, new in allowed:
       logging.info('%s was %r in the saved run; now %r', field, old, new)
-  elif any(
-    os.path.exists(os.path.join(workdir, name))
-    for name in ('metrics.jsonl', 'checkpoints')
-  ):
+  elif holds_a_run(workdir):  # Without its config.json.
     raise WorkdirError(
       f'{workdir} holds a run but no config.json, so it cannot be resumed; '
       'choose another --workdir, or move it aside with main.py --fresh'
